@@ -1,0 +1,302 @@
+//! The YAML schema, as serde types. Every struct denies unknown fields: a misspelt key in a
+//! security policy is an error, never a silently ignored line.
+
+use serde::Deserialize;
+
+/// Top level of a passgate config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Gateway listener.
+    pub server: ServerConfig,
+    /// Which Microsoft cloud; fills in `endpoints` defaults (graph-notes §7).
+    #[serde(default)]
+    pub cloud: Cloud,
+    /// Entra tenant id (GUID) that both operators and passgate's app belong to.
+    pub tenant_id: String,
+    /// Overrides for the cloud's endpoints (all optional).
+    #[serde(default)]
+    pub endpoints: EndpointOverrides,
+    /// How operators' tokens are validated.
+    pub operator_auth: OperatorAuthConfig,
+    /// passgate's own privileged app registration (client credentials).
+    pub app: AppCredentialConfig,
+    /// Graph calls: timeouts and the device-facts cache.
+    #[serde(default)]
+    pub graph: GraphConfig,
+    pub audit: AuditConfig,
+    /// Evaluated in order; the first policy that admits the request is the one recorded.
+    pub policies: Vec<PolicyConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// `host:port`, e.g. `0.0.0.0:8443`.
+    pub listen: String,
+    /// TLS for the gateway listener; absent means plain HTTP.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Cloud {
+    #[default]
+    Global,
+    Usgov,
+    UsgovDod,
+    China,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointOverrides {
+    /// Graph root, no version: `https://graph.microsoft.com`.
+    pub graph: Option<String>,
+    /// Login authority host: `https://login.microsoftonline.com`.
+    pub authority: Option<String>,
+    /// Token endpoint; default `{authority}/{tenant_id}/oauth2/v2.0/token`.
+    pub token_url: Option<String>,
+    /// OIDC discovery document; default `{authority}/{tenant_id}/v2.0/.well-known/openid-configuration`.
+    pub oidc_discovery_url: Option<String>,
+    /// Scope requested for the app token; default `{graph}/.default`.
+    pub graph_scope: Option<String>,
+    /// Extra PEM CA bundle trusted for outbound TLS (in addition to the webpki roots).
+    pub extra_ca_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorAuthConfig {
+    /// Accepted `aud` values: passgate API's client id (GUID) and/or App ID URI.
+    pub audiences: Vec<String>,
+    /// Accepted token versions: `"2.0"`, `"1.0"`. Default: both.
+    #[serde(default = "default_token_versions")]
+    pub token_versions: Vec<String>,
+    /// JWS algorithms accepted. Default `[RS256]`.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Accepted JOSE header `typ` values. Default `[JWT, at+jwt]`.
+    #[serde(default = "default_typ")]
+    pub token_types: Vec<String>,
+    /// Clock skew tolerated on `exp`/`nbf`, seconds. Default 60.
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+    /// If set, delegated (user) tokens must carry this scope in `scp`.
+    #[serde(default)]
+    pub required_scope: Option<String>,
+    /// v1 token issuer; default `https://sts.windows.net/{tenant_id}/` (global) or the cloud's.
+    #[serde(default)]
+    pub v1_issuer: Option<String>,
+    /// Minimum seconds between two JWKS fetches triggered by an unknown `kid`. Default 60.
+    #[serde(default = "default_jwks_refresh_floor")]
+    pub jwks_refresh_floor_seconds: u64,
+    /// Keys are refetched after this many seconds even without an unknown `kid`. Default 86400.
+    #[serde(default = "default_jwks_max_age")]
+    pub jwks_max_age_seconds: u64,
+}
+
+fn default_token_versions() -> Vec<String> {
+    vec!["2.0".into(), "1.0".into()]
+}
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".into()]
+}
+fn default_typ() -> Vec<String> {
+    vec!["JWT".into(), "at+jwt".into()]
+}
+fn default_leeway() -> u64 {
+    60
+}
+fn default_jwks_refresh_floor() -> u64 {
+    60
+}
+fn default_jwks_max_age() -> u64 {
+    86_400
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppCredentialConfig {
+    /// Application (client) id of passgate's privileged app registration.
+    pub client_id: String,
+    /// Secret reference: `env:NAME` or `file:PATH`. Exactly one of this and `certificate`.
+    #[serde(default)]
+    pub client_secret: Option<SecretRef>,
+    #[serde(default)]
+    pub certificate: Option<CertificateCredential>,
+}
+
+/// `private_key_jwt` client authentication (graph-notes §5).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateCredential {
+    /// PEM certificate registered on the app.
+    pub cert_file: String,
+    /// PEM (PKCS#8) private key, as a secret reference (`file:PATH` or `env:NAME`).
+    pub private_key: SecretRef,
+    /// `ps256` (current Entra docs: PS256 + `x5t#S256`, default) or `rs256` (older MSAL: RS256 + SHA-1 `x5t`).
+    #[serde(default)]
+    pub assertion_format: AssertionFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AssertionFormat {
+    #[default]
+    Ps256,
+    Rs256,
+}
+
+/// A reference to a secret, never the secret itself. `Inline` exists only for the embedded
+/// sandbox (`passgate dev`) and cannot be written in YAML.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    Env(String),
+    File(String),
+    Inline(String),
+}
+
+impl std::fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretRef::Env(n) => write!(f, "env:{n}"),
+            SecretRef::File(p) => write!(f, "file:{p}"),
+            SecretRef::Inline(_) => f.write_str("<inline secret>"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if let Some(name) = s.strip_prefix("env:") {
+            if !name.is_empty() {
+                return Ok(SecretRef::Env(name.to_string()));
+            }
+        }
+        if let Some(path) = s.strip_prefix("file:") {
+            if !path.is_empty() {
+                return Ok(SecretRef::File(path.to_string()));
+            }
+        }
+        // Deliberately do not echo the value: it may be a pasted secret.
+        Err(serde::de::Error::custom(
+            "secrets must be references: write `env:VARIABLE_NAME` or `file:/path/to/secret`, never the secret itself",
+        ))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphConfig {
+    /// Timeout for the forwarded action, seconds. Default 30.
+    #[serde(default = "default_action_timeout")]
+    pub action_timeout_seconds: u64,
+    /// Timeout for each read (facts, token, JWKS) call, seconds. Default 10.
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout_seconds: u64,
+    /// How long device facts are cached, seconds. Default 300. 0 disables caching.
+    #[serde(default = "default_facts_ttl")]
+    pub facts_cache_ttl_seconds: u64,
+    /// Refresh the app token this many seconds before it expires. Default 300.
+    #[serde(default = "default_refresh_ahead")]
+    pub token_refresh_ahead_seconds: u64,
+}
+
+impl Default for GraphConfig {
+    fn default() -> Self {
+        GraphConfig {
+            action_timeout_seconds: default_action_timeout(),
+            read_timeout_seconds: default_read_timeout(),
+            facts_cache_ttl_seconds: default_facts_ttl(),
+            token_refresh_ahead_seconds: default_refresh_ahead(),
+        }
+    }
+}
+
+fn default_action_timeout() -> u64 {
+    30
+}
+fn default_read_timeout() -> u64 {
+    10
+}
+fn default_facts_ttl() -> u64 {
+    300
+}
+fn default_refresh_ahead() -> u64 {
+    300
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// JSON Lines audit file; created if missing, appended to otherwise.
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Unique, stable name; recorded in audit and used as the rate-limit namespace.
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Who may act. At least one list must be non-empty.
+    pub operators: OperatorMatch,
+    /// On which devices.
+    pub devices: DeviceMatch,
+    /// Rate limits; all that are set must admit the request.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorMatch {
+    /// Object ids (`oid`) of users or service principals.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Entra group object ids, matched against the token's `groups` claim.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// App role values, matched against the token's `roles` claim.
+    #[serde(default)]
+    pub app_roles: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceMatch {
+    /// Entra group object ids; the device must be a transitive member of at least one.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Must be written explicitly to allow every device; exclusive with `groups`.
+    #[serde(default)]
+    pub any_device: bool,
+    /// Optional allow-list on Intune `operatingSystem` (case-insensitive). Absent = any platform.
+    #[serde(default)]
+    pub platforms: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// e.g. `"5 per 1h"`: at most 5 admitted per operator in any 1-hour window.
+    #[serde(default)]
+    pub per_operator: Option<String>,
+    /// e.g. `"1 per 10m"` per managed device.
+    #[serde(default)]
+    pub per_device: Option<String>,
+    /// e.g. `"100 per 1h"` across everyone under this policy.
+    #[serde(default)]
+    pub global: Option<String>,
+}

@@ -1,0 +1,218 @@
+//! Stable reason codes and the Graph-shaped error body that carries them to operators.
+//! Every refusal passgate produces goes through here, so SDKs and scripts see one shape:
+//! `{"error":{"code","message","innerError":{"date","request-id","client-request-id"}}}`.
+//! Nothing here may ever echo a token or secret back into a message.
+
+use http::StatusCode;
+use serde::Serialize;
+
+/// Why a request was refused. The string form (`as_str`) is a stable contract: it appears in
+/// the error body's `code`, in audit records and in metric labels. Never rename a variant's string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    // --- routing (nothing was authenticated yet) ---
+    RouteNotFound,
+    MethodNotAllowed,
+    MeRouteNotSupported,
+    RequestBodyNotAllowed,
+    QueryNotAllowed,
+    // --- operator token ---
+    TokenMissing,
+    TokenMalformed,
+    TokenTypeNotAllowed,
+    TokenAlgorithmNotAllowed,
+    TokenUnknownKey,
+    TokenBadSignature,
+    TokenExpired,
+    TokenNotYetValid,
+    TokenWrongAudience,
+    TokenWrongIssuer,
+    TokenWrongTenant,
+    TokenMissingClaim,
+    TokenScopeMissing,
+    KeysUnavailable,
+    // --- policy ---
+    OperatorNotApproved,
+    DeviceNotFound,
+    DeviceUserMismatch,
+    DeviceNotRegistered,
+    DeviceNotInAllowedGroup,
+    PlatformNotAllowed,
+    DeviceFactsUnavailable,
+    RateLimited,
+    // --- local and upstream failures (fail closed) ---
+    AuditUnavailable,
+    AppTokenUnavailable,
+    UpstreamUnreachable,
+    UpstreamTimeout,
+    // --- not a refusal: the policy admitted the request ---
+    Allowed,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::RouteNotFound => "route_not_found",
+            Reason::MethodNotAllowed => "method_not_allowed",
+            Reason::MeRouteNotSupported => "me_route_not_supported",
+            Reason::RequestBodyNotAllowed => "request_body_not_allowed",
+            Reason::QueryNotAllowed => "query_not_allowed",
+            Reason::TokenMissing => "token_missing",
+            Reason::TokenMalformed => "token_malformed",
+            Reason::TokenTypeNotAllowed => "token_type_not_allowed",
+            Reason::TokenAlgorithmNotAllowed => "token_algorithm_not_allowed",
+            Reason::TokenUnknownKey => "token_unknown_key",
+            Reason::TokenBadSignature => "token_bad_signature",
+            Reason::TokenExpired => "token_expired",
+            Reason::TokenNotYetValid => "token_not_yet_valid",
+            Reason::TokenWrongAudience => "token_wrong_audience",
+            Reason::TokenWrongIssuer => "token_wrong_issuer",
+            Reason::TokenWrongTenant => "token_wrong_tenant",
+            Reason::TokenMissingClaim => "token_missing_claim",
+            Reason::TokenScopeMissing => "token_scope_missing",
+            Reason::KeysUnavailable => "keys_unavailable",
+            Reason::OperatorNotApproved => "operator_not_approved",
+            Reason::DeviceNotFound => "device_not_found",
+            Reason::DeviceUserMismatch => "device_user_mismatch",
+            Reason::DeviceNotRegistered => "device_not_registered",
+            Reason::DeviceNotInAllowedGroup => "device_not_in_allowed_group",
+            Reason::PlatformNotAllowed => "platform_not_allowed",
+            Reason::DeviceFactsUnavailable => "device_facts_unavailable",
+            Reason::RateLimited => "rate_limited",
+            Reason::AuditUnavailable => "audit_unavailable",
+            Reason::AppTokenUnavailable => "app_token_unavailable",
+            Reason::UpstreamUnreachable => "upstream_unreachable",
+            Reason::UpstreamTimeout => "upstream_timeout",
+            Reason::Allowed => "allowed",
+        }
+    }
+
+    /// The HTTP status an operator sees for this refusal.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Reason::RouteNotFound | Reason::DeviceNotFound | Reason::DeviceUserMismatch => {
+                StatusCode::NOT_FOUND
+            }
+            Reason::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Reason::MeRouteNotSupported | Reason::QueryNotAllowed => StatusCode::BAD_REQUEST,
+            Reason::RequestBodyNotAllowed => StatusCode::BAD_REQUEST,
+            Reason::TokenMissing
+            | Reason::TokenMalformed
+            | Reason::TokenTypeNotAllowed
+            | Reason::TokenAlgorithmNotAllowed
+            | Reason::TokenUnknownKey
+            | Reason::TokenBadSignature
+            | Reason::TokenExpired
+            | Reason::TokenNotYetValid
+            | Reason::TokenWrongAudience
+            | Reason::TokenWrongIssuer
+            | Reason::TokenWrongTenant
+            | Reason::TokenMissingClaim => StatusCode::UNAUTHORIZED,
+            Reason::TokenScopeMissing
+            | Reason::OperatorNotApproved
+            | Reason::DeviceNotRegistered
+            | Reason::DeviceNotInAllowedGroup
+            | Reason::PlatformNotAllowed => StatusCode::FORBIDDEN,
+            Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Reason::KeysUnavailable
+            | Reason::DeviceFactsUnavailable
+            | Reason::AuditUnavailable
+            | Reason::AppTokenUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
+            Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Reason::Allowed => StatusCode::OK,
+        }
+    }
+
+    pub fn is_allowed(self) -> bool {
+        self == Reason::Allowed
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    error: Body<'a>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(rename = "innerError")]
+    inner_error: Inner<'a>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    date: String,
+    #[serde(rename = "request-id")]
+    request_id: &'a str,
+    #[serde(rename = "client-request-id")]
+    client_request_id: &'a str,
+}
+
+/// Graph's `innerError.date` format: `YYYY-MM-DDTHH:MM:SS`, UTC, no zone suffix.
+pub fn graph_date(now: chrono::DateTime<chrono::Utc>) -> String {
+    now.format("%Y-%m-%dT%H:%M:%S").to_string()
+}
+
+/// Serialises a Graph-shaped error body. `code` is a stable machine code (a [`Reason`] string
+/// for passgate's own refusals); `message` is for humans and must never contain a credential.
+pub fn graph_error_json(
+    code: &str,
+    message: &str,
+    request_id: &str,
+    client_request_id: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> String {
+    let env = Envelope {
+        error: Body {
+            code,
+            message,
+            inner_error: Inner {
+                date: graph_date(now),
+                request_id,
+                client_request_id,
+            },
+        },
+    };
+    serde_json::to_string(&env).unwrap_or_else(|_| {
+        // Serialising plain strings cannot fail; keep a fixed fallback rather than panic.
+        r#"{"error":{"code":"internal_error","message":"error body could not be built"}}"#
+            .to_string()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_body_has_graph_shape() {
+        let now = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let body = graph_error_json("operator_not_approved", "no", "rid", "crid", now);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"]["code"], "operator_not_approved");
+        assert_eq!(v["error"]["innerError"]["request-id"], "rid");
+        assert_eq!(v["error"]["innerError"]["client-request-id"], "crid");
+        assert_eq!(v["error"]["innerError"]["date"], "2023-11-14T22:13:20");
+    }
+
+    #[test]
+    fn serde_name_matches_as_str() {
+        for r in [
+            Reason::OperatorNotApproved,
+            Reason::TokenWrongAudience,
+            Reason::RateLimited,
+        ] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! passgate — an authorizing reverse proxy for Microsoft Graph's privileged Intune
+//! `recoverPasscode` action. Operators call passgate exactly as they would call Graph; passgate
+//! authenticates them, applies policy, records an audit trail, and only then forwards the call
+//! with its own privileged app-only token.
+//!
+//! Dependency direction: `server -> pipeline -> {routes, auth, policy, graph, audit}`.
+//! `policy` knows nothing of the network; nothing but the CLI and tests imports `sandbox`.
+
+pub mod audit;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod graph;
+pub mod policy;
+pub mod routes;
+pub mod sandbox;

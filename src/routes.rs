@@ -1,0 +1,370 @@
+//! Strict matcher for the privileged action paths passgate guards. It turns a method and a raw
+//! request target into a typed [`Action`], or refuses. It must never normalise its way into a
+//! match: anything a lenient router would clean up (encodings, dot segments, empty segments,
+//! odd characters) is refused here, so what is forwarded is exactly what was authorised.
+
+use crate::error::Reason;
+
+/// Graph API version segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum ApiVersion {
+    #[serde(rename = "v1.0")]
+    V1,
+    #[serde(rename = "beta")]
+    Beta,
+}
+
+impl ApiVersion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiVersion::V1 => "v1.0",
+            ApiVersion::Beta => "beta",
+        }
+    }
+}
+
+/// The privileged action. Only one today; the enum keeps room for siblings (wipe, retire, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ActionKind {
+    RecoverPasscode,
+}
+
+impl ActionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::RecoverPasscode => "recoverPasscode",
+        }
+    }
+}
+
+/// Which documented path form the operator used. All forms address the same managed device.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(tag = "form", rename_all = "snake_case")]
+pub enum RouteForm {
+    /// `/deviceManagement/managedDevices/{id}/recoverPasscode`
+    DeviceManagement,
+    /// `/users/{userId}/managedDevices/{id}/recoverPasscode`
+    User { user_id: String },
+    /// `/deviceManagement/detectedApps/{appId}/managedDevices/{id}/recoverPasscode`
+    DetectedApp { detected_app_id: String },
+}
+
+impl RouteForm {
+    pub fn label(&self) -> &'static str {
+        match self {
+            RouteForm::DeviceManagement => "device_management",
+            RouteForm::User { .. } => "user",
+            RouteForm::DetectedApp { .. } => "detected_app",
+        }
+    }
+}
+
+/// A parsed privileged request. The canonical target for policy, limits and audit is
+/// `managed_device_id` (lower-case GUID) whatever form was used.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct Action {
+    pub kind: ActionKind,
+    pub version: ApiVersion,
+    pub form: RouteForm,
+    pub managed_device_id: String,
+}
+
+impl Action {
+    /// The path passgate forwards: the operator's form, re-serialised with Graph's canonical
+    /// segment spelling and lower-case ids, so Graph still checks the user/app relation.
+    pub fn upstream_path(&self) -> String {
+        let v = self.version.as_str();
+        let id = &self.managed_device_id;
+        let act = self.kind.as_str();
+        match &self.form {
+            RouteForm::DeviceManagement => {
+                format!("/{v}/deviceManagement/managedDevices/{id}/{act}")
+            }
+            RouteForm::User { user_id } => {
+                format!("/{v}/users/{user_id}/managedDevices/{id}/{act}")
+            }
+            RouteForm::DetectedApp { detected_app_id } => format!(
+                "/{v}/deviceManagement/detectedApps/{detected_app_id}/managedDevices/{id}/{act}"
+            ),
+        }
+    }
+
+    /// The canonical target string used in audit records and limiter keys.
+    pub fn target(&self) -> String {
+        format!("managedDevices/{}", self.managed_device_id)
+    }
+}
+
+/// A routing refusal: the reason code plus a human message safe to return to the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct RouteError {
+    pub reason: Reason,
+    pub message: String,
+}
+
+fn refuse(reason: Reason, message: impl Into<String>) -> RouteError {
+    RouteError {
+        reason,
+        message: message.into(),
+    }
+}
+
+fn not_found() -> RouteError {
+    refuse(
+        Reason::RouteNotFound,
+        "passgate only serves POST .../managedDevices/{id}/recoverPasscode; this path is not a guarded action",
+    )
+}
+
+/// Parses `method` and the raw request target (`path` plus optional `?query`, as received).
+pub fn parse(method: &http::Method, target: &str) -> Result<Action, RouteError> {
+    // Only origin-form targets. Absolute-form and authority-form are refused outright.
+    if !target.starts_with('/') {
+        return Err(not_found());
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    if path.contains('#') {
+        return Err(not_found());
+    }
+    // Every byte must be an unreserved path character; no percent-encoding, no backslash,
+    // no ';' parameters, no non-ASCII. Graph ids never need them.
+    if !path
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'.' | b'_' | b'@'))
+    {
+        return Err(not_found());
+    }
+    let segments: Vec<&str> = path[1..].split('/').collect();
+    if segments
+        .iter()
+        .any(|s| s.is_empty() || *s == "." || *s == "..")
+    {
+        return Err(not_found());
+    }
+    let version = match segments[0] {
+        s if s.eq_ignore_ascii_case("v1.0") => ApiVersion::V1,
+        s if s.eq_ignore_ascii_case("beta") => ApiVersion::Beta,
+        _ => return Err(not_found()),
+    };
+    let rest = &segments[1..];
+    let eq = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+    let is_action = |s: &str| eq(s, ActionKind::RecoverPasscode.as_str());
+
+    let (form, device) = match rest {
+        [dm, md, id, act]
+            if eq(dm, "deviceManagement") && eq(md, "managedDevices") && is_action(act) =>
+        {
+            (RouteForm::DeviceManagement, *id)
+        }
+        [users, user, md, id, act]
+            if eq(users, "users") && eq(md, "managedDevices") && is_action(act) =>
+        {
+            (
+                RouteForm::User {
+                    user_id: user_id(user)?,
+                },
+                *id,
+            )
+        }
+        [me, md, _id, act] if eq(me, "me") && eq(md, "managedDevices") && is_action(act) => {
+            return Err(refuse(
+                Reason::MeRouteNotSupported,
+                "/me cannot be served: passgate calls Graph with an app-only token. Use /users/{userId}/managedDevices/{id}/recoverPasscode or /deviceManagement/managedDevices/{id}/recoverPasscode",
+            ));
+        }
+        [dm, da, app, md, id, act]
+            if eq(dm, "deviceManagement")
+                && eq(da, "detectedApps")
+                && eq(md, "managedDevices")
+                && is_action(act) =>
+        {
+            (
+                RouteForm::DetectedApp {
+                    detected_app_id: detected_app_id(app)?,
+                },
+                *id,
+            )
+        }
+        _ => return Err(not_found()),
+    };
+    let managed_device_id = guid(device).ok_or_else(|| {
+        refuse(
+            Reason::RouteNotFound,
+            "managed device id must be a GUID (8-4-4-4-12 hex digits)",
+        )
+    })?;
+    if method != http::Method::POST {
+        return Err(refuse(
+            Reason::MethodNotAllowed,
+            format!("{method} is not allowed on this action; use POST"),
+        ));
+    }
+    if let Some(q) = query {
+        if !q.is_empty() {
+            return Err(refuse(
+                Reason::QueryNotAllowed,
+                "recoverPasscode takes no query parameters",
+            ));
+        }
+    }
+    Ok(Action {
+        kind: ActionKind::RecoverPasscode,
+        version,
+        form,
+        managed_device_id,
+    })
+}
+
+/// Lower-cased GUID if `s` is exactly 8-4-4-4-12 hex digits.
+pub fn guid(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    if b.len() != 36 {
+        return None;
+    }
+    for (i, c) in b.iter().enumerate() {
+        let ok = if matches!(i, 8 | 13 | 18 | 23) {
+            *c == b'-'
+        } else {
+            c.is_ascii_hexdigit()
+        };
+        if !ok {
+            return None;
+        }
+    }
+    Some(s.to_ascii_lowercase())
+}
+
+/// `/users/{id}` accepts an object id (GUID) or a user principal name.
+fn user_id(s: &str) -> Result<String, RouteError> {
+    if let Some(g) = guid(s) {
+        return Ok(g);
+    }
+    let upn_ok = s.len() <= 113
+        && s.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && !domain.is_empty()
+                && !domain.contains('@')
+                && !local.starts_with('.')
+                && domain.contains('.')
+        });
+    if upn_ok {
+        Ok(s.to_ascii_lowercase())
+    } else {
+        Err(refuse(
+            Reason::RouteNotFound,
+            "user id must be an object id (GUID) or a user principal name",
+        ))
+    }
+}
+
+/// Intune detected-app ids are opaque alphanumeric strings (often 44–64 hex characters).
+fn detected_app_id(s: &str) -> Result<String, RouteError> {
+    if !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        Ok(s.to_ascii_lowercase())
+    } else {
+        Err(refuse(
+            Reason::RouteNotFound,
+            "detected app id must be 1-128 letters, digits or '-'",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Method;
+
+    const ID: &str = "f61dc341-c9c9-40c1-abbd-6997016f4c9e";
+
+    fn post(p: &str) -> Result<Action, RouteError> {
+        parse(&Method::POST, p)
+    }
+
+    #[test]
+    fn all_three_forms_map_to_one_target() {
+        let a = post(&format!(
+            "/v1.0/deviceManagement/managedDevices/{ID}/recoverPasscode"
+        ))
+        .unwrap();
+        let b = post(&format!(
+            "/beta/users/0f7e78ba-6e1f-485b-8b8b-fb86895f0498/managedDevices/{ID}/recoverPasscode"
+        ))
+        .unwrap();
+        let c = post(&format!(
+            "/v1.0/deviceManagement/detectedApps/abc123/managedDevices/{ID}/recoverPasscode"
+        ))
+        .unwrap();
+        assert_eq!(a.target(), b.target());
+        assert_eq!(a.target(), c.target());
+        assert_eq!(b.version, ApiVersion::Beta);
+    }
+
+    #[test]
+    fn segments_match_case_insensitively_and_reserialise_canonically() {
+        let up = ID.to_uppercase();
+        let a = post(&format!(
+            "/V1.0/DEVICEMANAGEMENT/manageddevices/{up}/RECOVERPASSCODE"
+        ))
+        .unwrap();
+        assert_eq!(
+            a.upstream_path(),
+            format!("/v1.0/deviceManagement/managedDevices/{ID}/recoverPasscode")
+        );
+    }
+
+    #[test]
+    fn me_is_refused_with_its_own_reason() {
+        let e = post(&format!("/v1.0/me/managedDevices/{ID}/recoverPasscode")).unwrap_err();
+        assert_eq!(e.reason, Reason::MeRouteNotSupported);
+    }
+
+    #[test]
+    fn wrong_method_on_a_real_route_is_405() {
+        let e = parse(
+            &Method::GET,
+            &format!("/v1.0/deviceManagement/managedDevices/{ID}/recoverPasscode"),
+        )
+        .unwrap_err();
+        assert_eq!(e.reason, Reason::MethodNotAllowed);
+    }
+
+    #[test]
+    fn hostile_paths_are_not_found() {
+        let cases = [
+            format!("/v1.0/deviceManagement/managedDevices/{ID}/recoverPasscode/"),
+            format!("/v1.0/deviceManagement/managedDevices/{ID}/wipe"),
+            format!("/v1.0/deviceManagement//managedDevices/{ID}/recoverPasscode"),
+            format!("/v1.0/deviceManagement/managedDevices/{ID}/../{ID}/recoverPasscode"),
+            format!("/v1.0/deviceManagement%2FmanagedDevices/{ID}/recoverPasscode"),
+            format!("/v1.0/deviceManagement/managedDevices/{ID};x=1/recoverPasscode"),
+            format!("/v1.0\\deviceManagement/managedDevices/{ID}/recoverPasscode"),
+            format!("/deviceManagement/managedDevices/{ID}/recoverPasscode"),
+            format!("/v2.0/deviceManagement/managedDevices/{ID}/recoverPasscode"),
+            format!("http://graph/v1.0/deviceManagement/managedDevices/{ID}/recoverPasscode"),
+            "/v1.0/deviceManagement/managedDevices/not-a-guid/recoverPasscode".to_string(),
+            format!("/v1.0/deviceManagement/managedDevices/{ID}/recoverPasscode#x"),
+            format!("/v1.0/deviceManagement/managedDevices/{ID}/recoverPass\u{0441}ode"),
+            "*".to_string(),
+            "/".to_string(),
+        ];
+        for c in cases {
+            let e = post(&c).expect_err(&c);
+            assert_eq!(e.reason, Reason::RouteNotFound, "{c}");
+        }
+    }
+
+    #[test]
+    fn query_strings_are_refused() {
+        let e = post(&format!(
+            "/v1.0/deviceManagement/managedDevices/{ID}/recoverPasscode?$select=id"
+        ))
+        .unwrap_err();
+        assert_eq!(e.reason, Reason::QueryNotAllowed);
+    }
+}
