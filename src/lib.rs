@@ -11,6 +11,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod graph;
+pub mod outbound;
 pub mod policy;
 pub mod routes;
 pub mod sandbox;

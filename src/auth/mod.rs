@@ -43,3 +43,154 @@ pub struct Operator {
     pub scopes: Vec<String>,
     pub token_version: TokenVersion,
 }
+
+pub mod keys;
+pub mod token;
+
+use crate::error::Reason;
+use openidconnect::core::CoreJwsSigningAlgorithm;
+use openidconnect::JsonWebKey;
+use std::sync::Arc;
+
+/// Why a token was refused: a stable reason and a description safe to put in
+/// `WWW-Authenticate` (it never contains the token or any claim value).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {description}")]
+pub struct AuthError {
+    pub reason: Reason,
+    pub description: String,
+}
+
+impl AuthError {
+    pub fn new(reason: Reason, description: impl Into<String>) -> AuthError {
+        AuthError {
+            reason,
+            description: description.into(),
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge for this refusal (RFC 6750 §3).
+    pub fn challenge(&self, required_scope: Option<&str>) -> String {
+        let desc = self.description.replace(['"', '\\'], "'");
+        match self.reason {
+            Reason::TokenScopeMissing => format!(
+                "Bearer realm=\"passgate\", error=\"insufficient_scope\", error_description=\"{desc}\", scope=\"{}\"",
+                required_scope.unwrap_or("")
+            ),
+            _ => format!(
+                "Bearer realm=\"passgate\", error=\"invalid_token\", error_description=\"{desc}\""
+            ),
+        }
+    }
+}
+
+/// Settings for operator authentication, resolved from the config.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub tenant_id: String,
+    pub audiences: Vec<String>,
+    pub accept_v1: bool,
+    pub accept_v2: bool,
+    pub v1_issuer: String,
+    pub algorithms: Vec<String>,
+    pub token_types: Vec<String>,
+    pub leeway: std::time::Duration,
+    pub required_scope: Option<String>,
+}
+
+/// Validates operator tokens end to end: header rules, key lookup, signature, then claims.
+pub struct Authenticator {
+    settings: AuthSettings,
+    keys: Arc<keys::KeyStore>,
+}
+
+fn jws_alg(name: &str) -> Option<CoreJwsSigningAlgorithm> {
+    Some(match name {
+        "RS256" => CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
+        "RS384" => CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha384,
+        "RS512" => CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha512,
+        "PS256" => CoreJwsSigningAlgorithm::RsaSsaPssSha256,
+        "PS384" => CoreJwsSigningAlgorithm::RsaSsaPssSha384,
+        "PS512" => CoreJwsSigningAlgorithm::RsaSsaPssSha512,
+        _ => return None,
+    })
+}
+
+impl Authenticator {
+    pub fn new(settings: AuthSettings, keys: Arc<keys::KeyStore>) -> Authenticator {
+        Authenticator { settings, keys }
+    }
+
+    pub fn keys(&self) -> &Arc<keys::KeyStore> {
+        &self.keys
+    }
+
+    pub fn settings(&self) -> &AuthSettings {
+        &self.settings
+    }
+
+    /// Authenticates the request's bearer token.
+    pub async fn authenticate(&self, headers: &http::HeaderMap) -> Result<Operator, AuthError> {
+        let raw = token::bearer_from_headers(headers)?;
+        let t = token::decode(raw)?;
+        token::check_header(
+            &t.header,
+            &self.settings.algorithms,
+            &self.settings.token_types,
+        )?;
+        let alg = jws_alg(&t.header.alg).ok_or_else(|| {
+            AuthError::new(
+                Reason::TokenAlgorithmNotAllowed,
+                "unsupported signing algorithm",
+            )
+        })?;
+        let kid = t.header.kid.as_deref().unwrap_or_default();
+        let key = match self.keys.key(kid).await {
+            Some(k) => k,
+            None if !self.keys.has_keys() => {
+                return Err(AuthError::new(
+                    Reason::KeysUnavailable,
+                    "signing keys could not be fetched; try again later",
+                ))
+            }
+            None => {
+                return Err(AuthError::new(
+                    Reason::TokenUnknownKey,
+                    "token is signed with a key that is not published for this tenant",
+                ))
+            }
+        };
+        key.jwk
+            .verify_signature(&alg, t.signing_input, &t.signature)
+            .map_err(|_| AuthError::new(Reason::TokenBadSignature, "token signature is invalid"))?;
+        let v2_issuer = self
+            .keys
+            .issuer()
+            .unwrap_or_default()
+            .replace("{tenantid}", &self.settings.tenant_id);
+        let rules = token::ClaimRules {
+            tenant_id: self.settings.tenant_id.clone(),
+            audiences: self.settings.audiences.clone(),
+            accept_v1: self.settings.accept_v1,
+            accept_v2: self.settings.accept_v2,
+            v1_issuer: self.settings.v1_issuer.clone(),
+            v2_issuer,
+            leeway: self.settings.leeway,
+            required_scope: self.settings.required_scope.clone(),
+        };
+        let op = token::check_claims(&t.claims, &rules, chrono::Utc::now().timestamp())?;
+        // Entra publishes an issuer per key; a v2 token must come from the issuer its key serves.
+        if op.token_version == TokenVersion::V2 {
+            if let Some(key_iss) = &key.issuer {
+                let key_iss = key_iss.replace("{tenantid}", &op.tid);
+                if Some(key_iss.as_str()) != t.claims.get("iss").and_then(|v| v.as_str()) {
+                    return Err(AuthError::new(
+                        Reason::TokenWrongIssuer,
+                        "token issuer does not match its signing key's issuer",
+                    ));
+                }
+            }
+        }
+        Ok(op)
+    }
+}

@@ -2,3 +2,4 @@
 //! one forward of an authorised action. Nothing in here decides anything.
 
 pub mod facts;
+pub mod token;
