@@ -499,3 +499,53 @@ async fn closed_log_rejects_appends_and_close_drains_pending() {
     clone.close();
     assert_eq!(verify_file(&path).unwrap().records, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_batch_answers_every_waiter_with_err() {
+    let (_dir, path) = tmp_log();
+    let log = AuditLog::open(&path).unwrap();
+    log.test_hooks().close_gate();
+    log.fail_next_writes(1);
+    let tasks: Vec<_> = (0..5)
+        .map(|i| {
+            let log = log.clone();
+            tokio::spawn(async move { log.record_decision(decision(&format!("r{i}"))).await })
+        })
+        .collect();
+    while log
+        .test_hooks()
+        .enqueued
+        .load(std::sync::atomic::Ordering::SeqCst)
+        < 5
+    {
+        tokio::task::yield_now().await;
+    }
+    log.test_hooks().open_gate();
+    for t in tasks {
+        assert!(matches!(t.await.unwrap(), Err(AuditError::Write(_))));
+    }
+    assert_eq!(fs::metadata(&path).unwrap().len(), 0);
+    assert_eq!(log.stats().write_failures, 1);
+    let r = log.record_decision(decision("after")).await.unwrap();
+    assert_eq!(r.seq(), 1);
+    log.close();
+    verify_file(&path).unwrap();
+}
+
+#[tokio::test]
+async fn reopen_finds_the_head_when_the_last_line_spans_read_chunks() {
+    let (_dir, path) = tmp_log();
+    let log = AuditLog::open(&path).unwrap();
+    log.record_decision(decision("r0")).await.unwrap();
+    let mut big = decision("r1");
+    // Longer than the 64 KiB backwards-read chunk, so the tail scan must cross chunks.
+    big.message = Some("x".repeat(150_000));
+    let last = log.record_decision(big).await.unwrap();
+    log.close();
+    let log = AuditLog::open(&path).unwrap();
+    let r = log.record_decision(decision("r2")).await.unwrap();
+    log.close();
+    assert_eq!(r.seq(), 3);
+    assert_eq!(field(&lines(&path)[2], "prev"), last.hash());
+    assert_eq!(verify_file(&path).unwrap().records, 3);
+}
