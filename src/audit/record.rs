@@ -1,0 +1,106 @@
+//! Typed audit records: the plain data the rest of passgate hands to the audit writer.
+//! These structs carry only ids, names and outcomes as strings; they must never carry a token,
+//! a secret or anything from policy internals or hyper.
+
+use serde::{Deserialize, Serialize};
+
+/// The policy's verdict on one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    Allow,
+    Deny,
+}
+
+/// Who called passgate, as established from their token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorRecord {
+    pub oid: String,
+    pub tid: String,
+    pub upn: Option<String>,
+    /// `"user"` or `"app"`.
+    pub kind: String,
+    pub client_app_id: Option<String>,
+}
+
+/// What the request was aimed at, as parsed from the route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetRecord {
+    pub managed_device_id: String,
+    pub route_form: String,
+    pub user_id: Option<String>,
+    pub detected_app_id: Option<String>,
+}
+
+/// The device facts the policy decided on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub azure_ad_device_id: Option<String>,
+    pub device_object_id: Option<String>,
+    pub operating_system: String,
+    pub user_principal_name: Option<String>,
+    pub user_id: Option<String>,
+    pub member_of: Vec<String>,
+}
+
+/// One line per request that reached passgate, allowed or denied. Written (and fsynced) before
+/// anything is forwarded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    pub request_id: String,
+    pub client_request_id: Option<String>,
+    pub client_ip: String,
+    pub method: String,
+    /// The path as received; the writer truncates it to [`MAX_PATH_BYTES`] on a char boundary.
+    pub path: String,
+    pub action: Option<String>,
+    pub api_version: Option<String>,
+    pub operator: Option<OperatorRecord>,
+    pub target: Option<TargetRecord>,
+    pub device: Option<DeviceRecord>,
+    pub decision: Decision,
+    pub reason: String,
+    pub policy: Option<String>,
+    /// HTTP status returned for a deny; `None` for an allow.
+    pub status: Option<u16>,
+    pub message: Option<String>,
+}
+
+/// What happened after an allowed request was forwarded; tied to its decision by `request_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutcomeRecord {
+    pub request_id: String,
+    pub status: u16,
+    pub graph_request_id: Option<String>,
+    /// Non-finite values serialise as `null`.
+    pub latency_ms: f64,
+    pub error: Option<String>,
+}
+
+/// Written by the writer itself when it cut a torn tail off the file at open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryRecord {
+    /// Always `"torn_tail"` for now.
+    pub reason: String,
+    /// How many bytes followed the last complete line and were cut.
+    pub cut_bytes: u64,
+    /// Hex SHA-256 of the cut bytes.
+    pub cut_sha256: String,
+    /// File name (same directory as the log) the cut bytes were copied to.
+    pub side_file: String,
+}
+
+/// Longest `path` kept in a decision line, in bytes.
+pub const MAX_PATH_BYTES: usize = 2048;
+
+/// Truncates `s` to at most `max` bytes without splitting a UTF-8 character.
+pub(crate) fn truncate_on_char_boundary(s: &mut String, max: usize) {
+    if s.len() <= max {
+        return;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+}
