@@ -116,6 +116,33 @@ impl<'a> Locator<'a> {
         self.find(path, true)
     }
 
+    /// The inline value written on the line of the key `path` names exactly (comment removed),
+    /// or None when the key is absent or its value is not on that line.
+    pub fn value_text(&self, path: &KeyPath) -> Option<String> {
+        let pos = self.find(path, true)?;
+        let key = self.find(path, false)?;
+        if pos == key {
+            return None;
+        }
+        // Only trust an exact hit: `find` falls back to ancestors when the key is missing.
+        let last = match path.0.last()? {
+            Seg::Key(k) => k,
+            Seg::Index(_) => return None,
+        };
+        let line = self.lines.get(pos.line - 1)?;
+        let chars: Vec<char> = line.chars().collect();
+        let key_text: String = chars.get(key.column - 1..)?.iter().collect();
+        if !key_text.starts_with(last.as_str()) && !key_text[1..].starts_with(last.as_str()) {
+            return None;
+        }
+        let value: String = chars.get(pos.column - 1..)?.iter().collect();
+        let value = match value.find(" #") {
+            Some(i) => &value[..i],
+            None => &value[..],
+        };
+        Some(value.trim().to_string())
+    }
+
     fn find(&self, path: &KeyPath, want_value: bool) -> Option<Pos> {
         // The current node: the entry that owns it (None = document root).
         let mut node: Option<usize> = None;
@@ -439,6 +466,22 @@ after: 1
         let list = KeyPath::root().key("list_at_key_column");
         assert_eq!(l.key(&list.index(1)), pos(22, 3));
         assert_eq!(l.key(&KeyPath::root().key("after")), pos(23, 1));
+    }
+
+    #[test]
+    fn value_text_is_the_inline_value_of_an_exact_key() {
+        let l = Locator::new(DOC);
+        let listen = KeyPath::root().key("server").key("listen");
+        assert_eq!(l.value_text(&listen).as_deref(), Some("0.0.0.0:8443"));
+        assert_eq!(
+            l.value_text(&KeyPath::root().key("tenant_id")).as_deref(),
+            Some("\"abc\"")
+        );
+        assert_eq!(l.value_text(&KeyPath::root().key("server")), None);
+        assert_eq!(
+            l.value_text(&KeyPath::root().key("server").key("nope")),
+            None
+        );
     }
 
     #[test]
