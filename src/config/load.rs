@@ -191,11 +191,15 @@ impl Validator<'_> {
 
         let mut app = raw.app.clone();
         let ap = root.key("app");
-        app.client_id = self.guid(
-            &ap.key("client_id"),
-            &raw.app.client_id,
-            "the Application (client) ID of passgate's privileged app registration",
-        )?;
+        // Not echoed: a client secret pasted into the wrong key must not end up in a log.
+        app.client_id = crate::routes::guid(raw.app.client_id.trim()).ok_or_else(|| {
+            self.err(
+                &ap.key("client_id"),
+                true,
+                "is not a GUID (value not shown: it may be a misplaced secret)".into(),
+                "write the Application (client) ID of passgate's privileged app registration: 8-4-4-4-12 hex digits",
+            )
+        })?;
         match (&raw.app.client_secret, &raw.app.certificate) {
             (Some(_), Some(_)) => {
                 return Err(self.err(

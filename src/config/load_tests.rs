@@ -213,9 +213,10 @@ fn guids_are_required() {
     assert!(e.hint.unwrap().contains("not the domain name"));
     let e = err(&with(
         "\"11111111-2222-3333-4444-555555555555\"",
-        "passgate",
+        "Zx8Q~pastedSecretValue",
     ));
-    check(&e, "app.client_id", Some((7, 14)));
+    check(&e, "app.client_id: is not a GUID", Some((7, 14)));
+    assert!(!e.to_string().contains("pastedSecret"), "{e}");
     let e = err(&with(
         "[\"44444444-5555-6666-7777-888888888888\"]",
         "[\"44444444-5555-6666-7777-888888888888\", ada@contoso.com]",
@@ -663,4 +664,37 @@ fn production_example_says_what_it_promises() {
         assert_eq!(p.platforms, Some(vec!["Windows Phone".to_string()]));
         assert!(!p.limits.is_empty());
     }
+}
+
+#[test]
+fn errors_in_the_commented_example_point_at_the_right_line() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/production.example.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+
+    let bad = text.replace("per_device: \"1 per 1h\"", "per_device: \"1 per 0h\"");
+    let e = err(&bad);
+    check(&e, "policies[1].limits.per_device", None);
+    assert_eq!(e.line, Some(line_of("per_device: \"1 per 1h\"")), "{e}");
+
+    let bad = text.replace(
+        "- \"33333333-4444-5555-6666-777777777777\"",
+        "- \"33333333-4444-5555-6666-77777777777\"",
+    );
+    let e = err(&bad);
+    check(&e, "policies[0].devices.groups[0]", None);
+    assert_eq!(
+        e.line,
+        Some(line_of("33333333-4444-5555-6666-777777777777")),
+        "{e}"
+    );
+
+    // Windows line endings do not move anything.
+    let crlf = text
+        .replace('\n', "\r\n")
+        .replace("global: \"100 per 1h\"", "global: \"0 per 1h\"");
+    let e = err(&crlf);
+    check(&e, "policies[0].limits.global", None);
+    assert_eq!(e.line, Some(line_of("global: \"100 per 1h\"")), "{e}");
 }

@@ -132,7 +132,8 @@ impl<'a> Locator<'a> {
         let line = self.lines.get(pos.line - 1)?;
         let chars: Vec<char> = line.chars().collect();
         let key_text: String = chars.get(key.column - 1..)?.iter().collect();
-        if !key_text.starts_with(last.as_str()) && !key_text[1..].starts_with(last.as_str()) {
+        let unquoted: String = key_text.chars().skip(1).collect();
+        if !key_text.starts_with(last.as_str()) && !unquoted.starts_with(last.as_str()) {
             return None;
         }
         let value: String = chars.get(pos.column - 1..)?.iter().collect();
