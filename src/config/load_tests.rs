@@ -698,3 +698,24 @@ fn errors_in_the_commented_example_point_at_the_right_line() {
     check(&e, "policies[0].limits.global", None);
     assert_eq!(e.line, Some(line_of("global: \"100 per 1h\"")), "{e}");
 }
+
+#[test]
+fn summary_names_certificate_and_tls_by_reference() {
+    let text = with(
+        "  client_secret: env:PASSGATE_CLIENT_SECRET\n",
+        "  certificate:\n    cert_file: /etc/passgate/app.pem\n    private_key: file:/etc/passgate/app.key\n",
+    )
+    .replace(
+        "  listen: \"127.0.0.1:8443\"\n",
+        "  listen: \"127.0.0.1:8443\"\n  tls:\n    cert_file: /tls/cert.pem\n    key_file: /tls/key.pem\n",
+    );
+    let out = crate::config::summary(&ok(&text));
+    assert!(
+        out.contains("TLS (cert /tls/cert.pem, key /tls/key.pem)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("certificate /etc/passgate/app.pem (key from file:/etc/passgate/app.key, PS256 + x5t#S256)"),
+        "{out}"
+    );
+}

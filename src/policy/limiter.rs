@@ -526,6 +526,24 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_admits_never_exceed_the_limit() {
+        let rig = std::sync::Arc::new(Rig::new());
+        let l = [lim(LimitScope::Global, 37, 60)];
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let rig = rig.clone();
+                std::thread::spawn(move || {
+                    (0..25)
+                        .filter(|_| rig.try_at(0, "p", &l, OID, DEV).is_ok())
+                        .count()
+                })
+            })
+            .collect();
+        let admitted: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(admitted, 37);
+    }
+
+    #[test]
     fn state_survives_a_new_policy_set_with_the_same_name() {
         let rig = Rig::new();
         let l = [lim(LimitScope::PerOperator, 1, 60)];
