@@ -2,5 +2,15 @@
 //! Loading must reject anything ambiguous (unknown keys, implicit "any device") rather than guess:
 //! a typo in a security policy must never silently widen it.
 
+pub mod load;
+pub mod locate;
 pub mod schema;
+pub mod secret;
+pub mod settings;
+pub mod summary;
+
+pub use load::{load_file, load_str, parse_rate, ConfigError};
 pub use schema::*;
+pub use secret::{Secret, SecretError};
+pub use settings::{Endpoints, OperatorAuthSettings, Settings};
+pub use summary::summary;

@@ -1,0 +1,745 @@
+//! Loads a config file: parse (serde_yaml, unknown keys refused), then validate and resolve into
+//! [`Settings`]. Every error names the file, line and column of the offending key and says how to
+//! fix it. Validation refuses anything ambiguous and never echoes a secret value.
+
+use super::locate::{KeyPath, Locator, Pos};
+use super::schema::{Cloud, Config, DeviceMatch, OperatorMatch, PolicyConfig};
+use super::settings::{Endpoints, OperatorAuthSettings, Settings};
+use crate::policy::{Limit, LimitScope, PolicySettings};
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+/// A config problem, located when possible. Display is exactly
+/// `{origin}:{line}:{column}: {message}` (or `{origin}: {message}`), plus `\n  hint: {hint}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub origin: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => write!(f, "{}:{l}:{c}: {}", self.origin, self.message)?,
+            (Some(l), None) => write!(f, "{}:{l}: {}", self.origin, self.message)?,
+            _ => write!(f, "{}: {}", self.origin, self.message)?,
+        }
+        if let Some(h) = &self.hint {
+            write!(f, "\n  hint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads, parses and validates a config file.
+pub fn load_file(path: &std::path::Path) -> Result<Settings, ConfigError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        origin: origin.clone(),
+        line: None,
+        column: None,
+        message: format!("cannot read the config file: {e}"),
+        hint: Some(
+            "pass the path of a readable YAML file, e.g. `passgate check config/production.yaml`"
+                .into(),
+        ),
+    })?;
+    load_str(&text, &origin)
+}
+
+/// Parses and validates config text; `origin` names it in errors (usually the file path).
+pub fn load_str(text: &str, origin: &str) -> Result<Settings, ConfigError> {
+    let has_content = text.lines().any(|l| {
+        let t = l.trim();
+        !t.is_empty() && !t.starts_with('#') && t != "---"
+    });
+    if !has_content {
+        return Err(ConfigError {
+            origin: origin.to_string(),
+            line: None,
+            column: None,
+            message: "the config is empty".into(),
+            hint: Some("start from config/production.example.yaml".into()),
+        });
+    }
+    let raw: Config = serde_yaml::from_str(text).map_err(|e| yaml_error(&e, origin, text))?;
+    let v = Validator {
+        origin,
+        loc: Locator::new(text),
+    };
+    v.settings(raw)
+}
+
+/// Turns a serde_yaml error into a located ConfigError with a hint.
+fn yaml_error(e: &serde_yaml::Error, origin: &str, text: &str) -> ConfigError {
+    let full = e.to_string();
+    let mut loc = e.location().map(|l| (l.line(), l.column()));
+    // serde_yaml repeats the problem's location in the text; it goes in our prefix instead.
+    let message = match loc {
+        Some((l, c)) => full.replacen(&format!(" at line {l} column {c}"), "", 1),
+        None => full,
+    };
+    let hint = if message.contains("unknown field") {
+        Some("check the spelling: passgate refuses keys it does not know, so a typo cannot silently change a policy")
+    } else if message.contains("missing field") {
+        Some("add the missing key at this level (see config/production.example.yaml)")
+    } else if message.contains("unknown variant") {
+        Some("`cloud` is one of: global, usgov, usgov-dod, china")
+    } else if message.contains("invalid type") {
+        Some("check the value's type: lists are written `[a, b]` or as `- item` lines, text may be quoted")
+    } else {
+        None
+    };
+    if message.contains("secrets must be references") {
+        // serde_yaml places this custom error on the enclosing mapping; point at the value.
+        if let Some(p) = literal_secret_position(text) {
+            loc = Some((p.line, p.column));
+        }
+    }
+    ConfigError {
+        origin: origin.to_string(),
+        line: loc.map(|l| l.0),
+        column: loc.map(|l| l.1),
+        message,
+        hint: hint.map(str::to_string),
+    }
+}
+
+/// Where a secret key holds something other than an `env:`/`file:` reference.
+fn literal_secret_position(text: &str) -> Option<Pos> {
+    let loc = Locator::new(text);
+    let app = KeyPath::root().key("app");
+    [
+        app.key("client_secret"),
+        app.key("certificate").key("private_key"),
+    ]
+    .iter()
+    .find_map(|path| {
+        let v = loc.value_text(path)?;
+        let v = v.trim_matches(|c| c == '"' || c == '\'');
+        let is_ref = ["env:", "file:"]
+            .iter()
+            .any(|p| v.strip_prefix(p).is_some_and(|rest| !rest.is_empty()));
+        (!is_ref).then(|| loc.value(path)).flatten()
+    })
+}
+
+struct Validator<'a> {
+    origin: &'a str,
+    loc: Locator<'a>,
+}
+
+type R<T> = Result<T, ConfigError>;
+
+const ALGORITHMS: [&str; 6] = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"];
+const MAX_LEEWAY_SECONDS: u64 = 600;
+const MAX_WINDOW: Duration = Duration::from_secs(31 * 86_400);
+
+impl Validator<'_> {
+    /// An error at `path`; `at_value` points at the value when it sits on the key's line.
+    fn err(&self, path: &KeyPath, at_value: bool, message: String, hint: &str) -> ConfigError {
+        let pos: Option<Pos> = if at_value {
+            self.loc.value(path)
+        } else {
+            self.loc.key(path)
+        };
+        ConfigError {
+            origin: self.origin.to_string(),
+            line: pos.map(|p| p.line),
+            column: pos.map(|p| p.column),
+            message: format!("{path}: {message}"),
+            hint: (!hint.is_empty()).then(|| hint.to_string()),
+        }
+    }
+
+    fn settings(&self, raw: Config) -> R<Settings> {
+        let root = KeyPath::root();
+        let server = root.key("server");
+
+        let listen = raw.server.listen.trim().to_string();
+        if listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(self.err(
+                &server.key("listen"),
+                true,
+                format!("`{listen}` is not a socket address"),
+                "write an IP address and port, e.g. `0.0.0.0:8443`, `127.0.0.1:8080` or `[::]:8443` (host names are not resolved here)",
+            ));
+        }
+        if let Some(tls) = &raw.server.tls {
+            let tp = server.key("tls");
+            self.non_empty(
+                &tp.key("cert_file"),
+                &tls.cert_file,
+                "the PEM certificate chain file for the listener",
+            )?;
+            self.non_empty(
+                &tp.key("key_file"),
+                &tls.key_file,
+                "the PEM private key file for the listener",
+            )?;
+        }
+
+        let tenant_id = self.guid(&root.key("tenant_id"), &raw.tenant_id, "the Directory (tenant) ID from the Entra admin center (Overview page); not the domain name")?;
+
+        let endpoints = self.endpoints(&raw, &tenant_id)?;
+        let operator_auth = self.operator_auth(&raw)?;
+
+        let mut app = raw.app.clone();
+        let ap = root.key("app");
+        // Not echoed: a client secret pasted into the wrong key must not end up in a log.
+        app.client_id = crate::routes::guid(raw.app.client_id.trim()).ok_or_else(|| {
+            self.err(
+                &ap.key("client_id"),
+                true,
+                "is not a GUID (value not shown: it may be a misplaced secret)".into(),
+                "write the Application (client) ID of passgate's privileged app registration: 8-4-4-4-12 hex digits",
+            )
+        })?;
+        match (&raw.app.client_secret, &raw.app.certificate) {
+            (Some(_), Some(_)) => {
+                return Err(self.err(
+                    &ap.key("certificate"),
+                    false,
+                    "both `client_secret` and `certificate` are set".into(),
+                    "keep exactly one credential: a certificate (recommended for production) or a client secret",
+                ))
+            }
+            (None, None) => {
+                return Err(self.err(
+                    &ap,
+                    false,
+                    "no credential: set `client_secret` or `certificate`".into(),
+                    "e.g. `client_secret: env:PASSGATE_CLIENT_SECRET`, or a `certificate:` block with `cert_file` and `private_key: file:/path/key.pem`",
+                ))
+            }
+            _ => {}
+        }
+        if let Some(c) = &raw.app.certificate {
+            self.non_empty(
+                &ap.key("certificate").key("cert_file"),
+                &c.cert_file,
+                "the PEM certificate registered on the app",
+            )?;
+        }
+
+        let gp = root.key("graph");
+        if raw.graph.action_timeout_seconds == 0 {
+            return Err(self.err(
+                &gp.key("action_timeout_seconds"),
+                true,
+                "must be at least 1".into(),
+                "a zero timeout would fail every forwarded action; the default is 30",
+            ));
+        }
+        if raw.graph.read_timeout_seconds == 0 {
+            return Err(self.err(
+                &gp.key("read_timeout_seconds"),
+                true,
+                "must be at least 1".into(),
+                "a zero timeout would fail every device-facts read; the default is 10",
+            ));
+        }
+
+        self.non_empty(
+            &root.key("audit").key("path"),
+            &raw.audit.path,
+            "the JSON Lines audit file, e.g. /var/lib/passgate/audit.jsonl",
+        )?;
+
+        let policies = self.policies(&raw.policies)?;
+
+        Ok(Settings {
+            listen,
+            tls: raw.server.tls.clone(),
+            tenant_id,
+            endpoints,
+            operator_auth,
+            app,
+            graph: raw.graph.clone(),
+            audit: raw.audit.clone(),
+            policies,
+            raw,
+        })
+    }
+
+    fn endpoints(&self, raw: &Config, tenant: &str) -> R<Endpoints> {
+        let ep = KeyPath::root().key("endpoints");
+        let o = &raw.endpoints;
+        // graph-notes §7. China's Entra host per the Entra docs (login.chinacloudapi.cn is an alias).
+        let (authority_default, graph_default) = match raw.cloud {
+            Cloud::Global => (
+                "https://login.microsoftonline.com",
+                "https://graph.microsoft.com",
+            ),
+            Cloud::Usgov => (
+                "https://login.microsoftonline.us",
+                "https://graph.microsoft.us",
+            ),
+            Cloud::UsgovDod => (
+                "https://login.microsoftonline.us",
+                "https://dod-graph.microsoft.us",
+            ),
+            Cloud::China => (
+                "https://login.partner.microsoftonline.cn",
+                "https://microsoftgraph.chinacloudapi.cn",
+            ),
+        };
+        let root_url = |key: &str, v: &Option<String>, default: &str| -> R<String> {
+            match v {
+                Some(s) => Ok(self.url(&ep.key(key), s)?.trim_end_matches('/').to_string()),
+                None => Ok(default.to_string()),
+            }
+        };
+        let graph = root_url("graph", &o.graph, graph_default)?;
+        let authority = root_url("authority", &o.authority, authority_default)?;
+        let exact_url = |key: &str, v: &Option<String>, default: String| -> R<String> {
+            match v {
+                Some(s) => self.url(&ep.key(key), s),
+                None => Ok(default),
+            }
+        };
+        let token_url = exact_url(
+            "token_url",
+            &o.token_url,
+            format!("{authority}/{tenant}/oauth2/v2.0/token"),
+        )?;
+        let oidc_discovery_url = exact_url(
+            "oidc_discovery_url",
+            &o.oidc_discovery_url,
+            format!("{authority}/{tenant}/v2.0/.well-known/openid-configuration"),
+        )?;
+        let graph_scope = match &o.graph_scope {
+            Some(s) => {
+                self.non_empty(
+                    &ep.key("graph_scope"),
+                    s,
+                    "the scope for the app-only token, e.g. https://graph.microsoft.com/.default",
+                )?;
+                s.trim().to_string()
+            }
+            None => format!("{graph}/.default"),
+        };
+        // v1 tokens carry the cloud's STS issuer. Global's is documented and verified against a
+        // decoded sample (graph-notes §6). China's (sts.chinacloudapi.cn) and US Gov's
+        // (login.microsoftonline.us/{tid}/) follow MSAL's instance metadata but are UNVERIFIED
+        // against real tokens: operators in those clouds should confirm and set `v1_issuer`.
+        let v1_default = match raw.cloud {
+            Cloud::Global => format!("https://sts.windows.net/{tenant}/"),
+            Cloud::China => format!("https://sts.chinacloudapi.cn/{tenant}/"),
+            Cloud::Usgov | Cloud::UsgovDod => format!("https://login.microsoftonline.us/{tenant}/"),
+        };
+        let v1_issuer = match &raw.operator_auth.v1_issuer {
+            Some(s) => self.url(&KeyPath::root().key("operator_auth").key("v1_issuer"), s)?,
+            None => v1_default,
+        };
+        let extra_ca_file = match &o.extra_ca_file {
+            Some(f) => {
+                self.non_empty(
+                    &ep.key("extra_ca_file"),
+                    f,
+                    "a PEM bundle of extra CA certificates for outbound TLS",
+                )?;
+                Some(f.trim().to_string())
+            }
+            None => None,
+        };
+        Ok(Endpoints {
+            graph,
+            authority,
+            token_url,
+            oidc_discovery_url,
+            graph_scope,
+            v1_issuer,
+            extra_ca_file,
+        })
+    }
+
+    fn operator_auth(&self, raw: &Config) -> R<OperatorAuthSettings> {
+        let oa = &raw.operator_auth;
+        let p = KeyPath::root().key("operator_auth");
+
+        let ap = p.key("audiences");
+        if oa.audiences.is_empty() {
+            return Err(self.err(&ap, false, "no audience: every operator token would be refused".into(), "list passgate API's Application (client) ID and/or its Application ID URI, e.g. [\"api://passgate\"]"));
+        }
+        let mut audiences = Vec::new();
+        for (i, a) in oa.audiences.iter().enumerate() {
+            self.non_empty(
+                &ap.index(i),
+                a,
+                "an Application (client) ID or Application ID URI",
+            )?;
+            let a = a.trim();
+            audiences.push(crate::routes::guid(a).unwrap_or_else(|| a.to_string()));
+        }
+
+        let vp = p.key("token_versions");
+        if oa.token_versions.is_empty() {
+            return Err(self.err(
+                &vp,
+                false,
+                "no token version: every operator token would be refused".into(),
+                "write [\"2.0\", \"1.0\"] or a subset",
+            ));
+        }
+        let (mut accept_v1, mut accept_v2) = (false, false);
+        for (i, v) in oa.token_versions.iter().enumerate() {
+            match v.trim() {
+                "1.0" => accept_v1 = true,
+                "2.0" => accept_v2 = true,
+                other => return Err(self.err(
+                    &vp.index(i),
+                    true,
+                    format!("`{other}` is not a token version"),
+                    "token versions are \"1.0\" and \"2.0\" (quote them so YAML keeps the \".0\")",
+                )),
+            }
+        }
+
+        let algp = p.key("algorithms");
+        if oa.algorithms.is_empty() {
+            return Err(self.err(
+                &algp,
+                false,
+                "no algorithm: every operator token would be refused".into(),
+                "Entra ID signs access tokens with RS256: write [RS256]",
+            ));
+        }
+        let mut algorithms = Vec::new();
+        for (i, a) in oa.algorithms.iter().enumerate() {
+            let up = a.trim().to_ascii_uppercase();
+            if up == "NONE" {
+                return Err(self.err(&algp.index(i), true, "`none` is never accepted".into(), "`none` means unsigned tokens: anyone could write one naming any operator. Entra ID signs with RS256"));
+            }
+            if up.starts_with("HS") {
+                return Err(self.err(&algp.index(i), true, format!("`{}` is a shared-secret (HMAC) algorithm and is never accepted", a.trim()), "Entra ID signs access tokens with RSA keys (RS256); accepting HS* would let a published RSA public key be used as an HMAC secret to forge tokens"));
+            }
+            if !ALGORITHMS.contains(&up.as_str()) {
+                return Err(self.err(
+                    &algp.index(i),
+                    true,
+                    format!("`{}` is not a supported algorithm", a.trim()),
+                    "supported: RS256, RS384, RS512, PS256, PS384, PS512 (Entra ID uses RS256)",
+                ));
+            }
+            if !algorithms.contains(&up) {
+                algorithms.push(up);
+            }
+        }
+
+        let tp = p.key("token_types");
+        if oa.token_types.is_empty() {
+            return Err(self.err(
+                &tp,
+                false,
+                "no token type: every operator token would be refused".into(),
+                "Entra ID access tokens carry `typ: JWT`; write [JWT, at+jwt]",
+            ));
+        }
+        let mut token_types = Vec::new();
+        for (i, t) in oa.token_types.iter().enumerate() {
+            self.non_empty(&tp.index(i), t, "a JOSE `typ` value such as JWT or at+jwt")?;
+            token_types.push(t.trim().to_string());
+        }
+
+        if oa.leeway_seconds > MAX_LEEWAY_SECONDS {
+            return Err(self.err(&p.key("leeway_seconds"), true, format!("{} s of clock skew is more than the {MAX_LEEWAY_SECONDS} s allowed", oa.leeway_seconds), "leeway lets expired tokens through; fix the clock (NTP) instead. The default is 60"));
+        }
+        let required_scope = match &oa.required_scope {
+            Some(s) => {
+                let t = s.trim();
+                if t.is_empty() || t.contains(char::is_whitespace) {
+                    return Err(self.err(&p.key("required_scope"), true, "must be one scope name".into(), "write the scope value exactly as exposed by passgate's API, e.g. `Passgate.Recover`"));
+                }
+                Some(t.to_string())
+            }
+            None => None,
+        };
+        Ok(OperatorAuthSettings {
+            audiences,
+            accept_v1,
+            accept_v2,
+            algorithms,
+            token_types,
+            leeway: Duration::from_secs(oa.leeway_seconds),
+            required_scope,
+            jwks_refresh_floor: Duration::from_secs(oa.jwks_refresh_floor_seconds),
+            jwks_max_age: Duration::from_secs(oa.jwks_max_age_seconds),
+        })
+    }
+
+    fn policies(&self, raw: &[PolicyConfig]) -> R<Vec<PolicySettings>> {
+        let pp = KeyPath::root().key("policies");
+        if raw.is_empty() {
+            return Err(self.err(
+                &pp,
+                false,
+                "no policy: passgate would refuse every request".into(),
+                "add at least one policy with `name`, `operators` and `devices`",
+            ));
+        }
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut out = Vec::new();
+        for (i, p) in raw.iter().enumerate() {
+            let path = pp.index(i);
+            let np = path.key("name");
+            let name = p.name.trim();
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            {
+                return Err(self.err(&np, true, format!("`{name}` is not a valid policy name"), "use letters, digits, '.', '_' and '-' only, e.g. `helpdesk-windows-phone`: the name appears in audit records and metrics"));
+            }
+            // Case-insensitive: two names differing only in case would read as one in audit.
+            if let Some(first) = seen.insert(name.to_ascii_lowercase(), i) {
+                let at = self.loc.key(&pp.index(first).key("name"));
+                let where_ = at
+                    .map(|p| format!(" (line {})", p.line))
+                    .unwrap_or_default();
+                return Err(self.err(
+                    &np,
+                    true,
+                    format!("policy name `{name}` is already used by policies[{first}]{where_}"),
+                    "policy names must be unique: they key the rate limits and the audit trail",
+                ));
+            }
+            out.push(self.policy(&path, name, p)?);
+        }
+        Ok(out)
+    }
+
+    fn policy(&self, path: &KeyPath, name: &str, p: &PolicyConfig) -> R<PolicySettings> {
+        let (users, groups, app_roles) =
+            self.operators(&path.key("operators"), name, &p.operators)?;
+        let (device_groups, any_device, platforms) =
+            self.devices(&path.key("devices"), name, &p.devices)?;
+        let lp = path.key("limits");
+        let mut limits = Vec::new();
+        for (key, scope, v) in [
+            (
+                "per_operator",
+                LimitScope::PerOperator,
+                &p.limits.per_operator,
+            ),
+            ("per_device", LimitScope::PerDevice, &p.limits.per_device),
+            ("global", LimitScope::Global, &p.limits.global),
+        ] {
+            if let Some(text) = v {
+                let (count, window) =
+                    parse_rate(text).map_err(|(m, h)| self.err(&lp.key(key), true, m, &h))?;
+                limits.push(Limit {
+                    scope,
+                    count,
+                    window,
+                });
+            }
+        }
+        Ok(PolicySettings {
+            name: name.to_string(),
+            description: p.description.clone(),
+            users,
+            groups,
+            app_roles,
+            device_groups,
+            any_device,
+            platforms,
+            limits,
+        })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn operators(
+        &self,
+        path: &KeyPath,
+        name: &str,
+        o: &OperatorMatch,
+    ) -> R<(BTreeSet<String>, BTreeSet<String>, BTreeSet<String>)> {
+        if o.users.is_empty() && o.groups.is_empty() && o.app_roles.is_empty() {
+            return Err(self.err(path, false, format!("policy `{name}` names no operators"), "list at least one of `users` (object ids), `groups` (group object ids) or `app_roles` (app role values)"));
+        }
+        let users = self.guid_set(
+            &path.key("users"),
+            &o.users,
+            "a user's or service principal's Object ID (oid), not a UPN",
+        )?;
+        let groups = self.guid_set(&path.key("groups"), &o.groups, "an Entra group's Object ID")?;
+        let mut app_roles = BTreeSet::new();
+        for (i, r) in o.app_roles.iter().enumerate() {
+            let t = r.trim();
+            if t.is_empty() || t.contains(char::is_whitespace) {
+                return Err(self.err(
+                    &path.key("app_roles").index(i),
+                    true,
+                    format!("`{t}` is not an app role value"),
+                    "write the role's Value (e.g. `Passgate.Recover`), not its display name",
+                ));
+            }
+            app_roles.insert(t.to_string());
+        }
+        Ok((users, groups, app_roles))
+    }
+
+    fn devices(
+        &self,
+        path: &KeyPath,
+        name: &str,
+        d: &DeviceMatch,
+    ) -> R<(BTreeSet<String>, bool, Option<Vec<String>>)> {
+        if d.any_device && !d.groups.is_empty() {
+            return Err(self.err(&path.key("any_device"), false, format!("policy `{name}` sets both `any_device: true` and device `groups`"), "keep one: `groups` to restrict the policy to devices in those Entra groups, or `any_device: true` to allow every device"));
+        }
+        if !d.any_device && d.groups.is_empty() {
+            let at = if self.loc.key(&path.key("groups")).is_some() {
+                path.key("groups")
+            } else {
+                path.clone()
+            };
+            return Err(self.err(&at, false, format!("policy `{name}` names no device groups"), "list Entra device group object ids under `groups`, or write `any_device: true` to allow every device: \"any device\" is never implied"));
+        }
+        let groups = self.guid_set(&path.key("groups"), &d.groups, "an Entra group's Object ID")?;
+        let platforms = match &d.platforms {
+            None => None,
+            Some(list) if list.is_empty() => {
+                return Err(self.err(&path.key("platforms"), false, format!("policy `{name}` has an empty `platforms` list, which would allow no device"), "remove `platforms` to allow every platform, or list Intune operatingSystem values, e.g. [\"Windows Phone\"]"));
+            }
+            Some(list) => {
+                let mut v = Vec::new();
+                for (i, s) in list.iter().enumerate() {
+                    self.non_empty(
+                        &path.key("platforms").index(i),
+                        s,
+                        "an Intune operatingSystem value such as \"Windows Phone\"",
+                    )?;
+                    v.push(s.trim().to_string());
+                }
+                Some(v)
+            }
+        };
+        Ok((groups, d.any_device, platforms))
+    }
+
+    fn guid_set(&self, path: &KeyPath, list: &[String], what: &str) -> R<BTreeSet<String>> {
+        list.iter()
+            .enumerate()
+            .map(|(i, s)| self.guid(&path.index(i), s, what))
+            .collect()
+    }
+
+    fn guid(&self, path: &KeyPath, s: &str, what: &str) -> R<String> {
+        let t = s.trim();
+        crate::routes::guid(t).ok_or_else(|| {
+            self.err(path, true, format!("`{t}` is not a GUID"), &format!("write {what}: 8-4-4-4-12 hex digits, e.g. 00000000-0000-0000-0000-000000000000"))
+        })
+    }
+
+    fn non_empty(&self, path: &KeyPath, s: &str, what: &str) -> R<()> {
+        if s.trim().is_empty() {
+            return Err(self.err(
+                path,
+                true,
+                "must not be empty".into(),
+                &format!("write {what}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `https://` URLs, or `http://` to a loopback host (the sandbox, a local test double).
+    fn url(&self, path: &KeyPath, s: &str) -> R<String> {
+        let t = s.trim();
+        let u = url::Url::parse(t).map_err(|e| {
+            self.err(
+                path,
+                true,
+                format!("`{t}` is not a URL: {e}"),
+                "write an absolute URL such as https://login.microsoftonline.com",
+            )
+        })?;
+        if !u.username().is_empty() || u.password().is_some() {
+            // Do not echo it: the user-info part may be a credential.
+            return Err(self.err(
+                path,
+                true,
+                "URLs must not carry a user name or password".into(),
+                "remove the `user:password@` part; credentials belong in `app`",
+            ));
+        }
+        if u.query().is_some() || u.fragment().is_some() {
+            return Err(self.err(
+                path,
+                true,
+                format!("`{t}` has a query or fragment"),
+                "write the URL without `?…` or `#…`",
+            ));
+        }
+        let loopback = match u.host() {
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        };
+        match u.scheme() {
+            "https" if u.host().is_some() => Ok(t.to_string()),
+            "http" if loopback => Ok(t.to_string()),
+            "http" => Err(self.err(path, true, format!("`{t}` is plain http to a non-loopback host"), "use https://; http:// is only allowed to 127.0.0.0/8, [::1] or localhost (the sandbox)")),
+            _ => Err(self.err(path, true, format!("`{t}` is not an https URL"), "use an https:// URL")),
+        }
+    }
+}
+
+/// Parses `"N per DURATION"`: N ≥ 1, DURATION an integer and one unit (`s`, `m`, `h`, `d`),
+/// between 1 s and 31 d. Returns (message, hint) on error.
+pub fn parse_rate(text: &str) -> Result<(u32, Duration), (String, String)> {
+    let hint =
+        "write `N per DURATION`, e.g. `5 per 1h`, `1 per 10m`, `100 per 1d`; units s, m, h, d"
+            .to_string();
+    let parts: Vec<&str> = text.split_whitespace().collect();
+    let [n, per, dur] = parts.as_slice() else {
+        return Err((format!("`{text}` is not a rate limit"), hint));
+    };
+    if !per.eq_ignore_ascii_case("per") {
+        return Err((format!("`{text}` is not a rate limit"), hint));
+    }
+    let count: u32 = match n.parse() {
+        Ok(c) if c >= 1 => c,
+        Ok(_) => return Err((
+            "the count must be at least 1".into(),
+            "to forbid the action, remove the operators from the policy instead of a zero limit"
+                .into(),
+        )),
+        Err(_) => return Err((format!("`{n}` is not a whole number"), hint)),
+    };
+    let unit_at = dur.find(|c: char| !c.is_ascii_digit()).unwrap_or(dur.len());
+    let (digits, unit) = dur.split_at(unit_at);
+    let mult: u64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err((format!("`{dur}` is not a duration"), hint)),
+    };
+    let amount: u64 = digits
+        .parse()
+        .map_err(|_| (format!("`{dur}` is not a duration"), hint.clone()))?;
+    let window = Duration::from_secs(amount.saturating_mul(mult));
+    if window < Duration::from_secs(1) {
+        return Err(("the window must be at least 1s".into(), hint));
+    }
+    if window > MAX_WINDOW {
+        return Err((
+            "the window must be at most 31d".into(),
+            "limits are kept in memory; use at most 31d".into(),
+        ));
+    }
+    Ok((count, window))
+}
+
+#[cfg(test)]
+#[path = "load_tests.rs"]
+mod tests;

@@ -1,0 +1,721 @@
+//! Tests for config loading: every validation error (message, hint, location), cloud defaults,
+//! and that every shipped `config/*.yaml` loads.
+
+use super::*;
+use crate::config::schema::SecretRef;
+
+const BASE: &str = r#"server:
+  listen: "127.0.0.1:8443"
+tenant_id: "00000000-1111-2222-3333-444444444444"
+operator_auth:
+  audiences: ["api://passgate"]
+app:
+  client_id: "11111111-2222-3333-4444-555555555555"
+  client_secret: env:PASSGATE_CLIENT_SECRET
+audit:
+  path: /tmp/audit.jsonl
+policies:
+  - name: helpdesk
+    operators:
+      users: ["44444444-5555-6666-7777-888888888888"]
+    devices:
+      groups: ["33333333-4444-5555-6666-777777777777"]
+    limits:
+      per_device: "1 per 10m"
+"#;
+
+const SECOND: &str = r#"  - name: second
+    operators:
+      app_roles: [Passgate.Recover]
+    devices:
+      any_device: true
+"#;
+
+fn with(from: &str, to: &str) -> String {
+    assert!(BASE.contains(from), "BASE lacks {from:?}");
+    BASE.replacen(from, to, 1)
+}
+
+fn ok(text: &str) -> Settings {
+    load_str(text, "test.yaml").unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn err(text: &str) -> ConfigError {
+    match load_str(text, "test.yaml") {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(e) => e,
+    }
+}
+
+/// Asserts the message contains `needle`, a hint exists, and (if given) the location.
+fn check(e: &ConfigError, needle: &str, at: Option<(usize, usize)>) {
+    assert!(e.message.contains(needle), "{e}\n(wanted {needle:?})");
+    assert!(e.hint.is_some(), "no hint: {e}");
+    if let Some((l, c)) = at {
+        assert_eq!((e.line, e.column), (Some(l), Some(c)), "{e}");
+    }
+    assert_eq!(e.origin, "test.yaml");
+}
+
+#[test]
+fn base_config_loads_and_resolves() {
+    let s = ok(BASE);
+    assert_eq!(s.listen, "127.0.0.1:8443");
+    assert_eq!(s.tenant_id, "00000000-1111-2222-3333-444444444444");
+    assert_eq!(s.policies.len(), 1);
+    let p = &s.policies[0];
+    assert_eq!(p.name, "helpdesk");
+    assert!(!p.any_device);
+    assert_eq!(
+        p.limits,
+        vec![Limit {
+            scope: LimitScope::PerDevice,
+            count: 1,
+            window: Duration::from_secs(600)
+        }]
+    );
+    let a = &s.operator_auth;
+    assert!(a.accept_v1 && a.accept_v2);
+    assert_eq!(a.algorithms, ["RS256"]);
+    assert_eq!(a.token_types, ["JWT", "at+jwt"]);
+    assert_eq!(a.leeway, Duration::from_secs(60));
+    assert_eq!(a.jwks_refresh_floor, Duration::from_secs(60));
+    assert_eq!(a.jwks_max_age, Duration::from_secs(86_400));
+    assert_eq!(
+        s.app.client_secret,
+        Some(SecretRef::Env("PASSGATE_CLIENT_SECRET".into()))
+    );
+}
+
+#[test]
+fn display_is_origin_line_column_message_hint() {
+    let e = ConfigError {
+        origin: "a.yaml".into(),
+        line: Some(3),
+        column: Some(7),
+        message: "bad".into(),
+        hint: Some("fix it".into()),
+    };
+    assert_eq!(e.to_string(), "a.yaml:3:7: bad\n  hint: fix it");
+    let e = ConfigError {
+        line: None,
+        column: None,
+        hint: None,
+        ..e
+    };
+    assert_eq!(e.to_string(), "a.yaml: bad");
+}
+
+#[test]
+fn ids_are_lower_cased() {
+    let text = with(
+        "00000000-1111-2222-3333-444444444444",
+        "00000000-1111-2222-3333-44444444ABCD",
+    )
+    .replace(
+        "44444444-5555-6666-7777-888888888888",
+        "44444444-5555-6666-7777-88888888ABCD",
+    )
+    .replace(
+        "33333333-4444-5555-6666-777777777777",
+        "33333333-4444-5555-6666-77777777ABCD",
+    )
+    .replace(
+        "11111111-2222-3333-4444-555555555555",
+        "11111111-2222-3333-4444-55555555ABCD",
+    );
+    let s = ok(&text);
+    assert_eq!(s.tenant_id, "00000000-1111-2222-3333-44444444abcd");
+    assert_eq!(s.app.client_id, "11111111-2222-3333-4444-55555555abcd");
+    assert!(s.policies[0]
+        .users
+        .contains("44444444-5555-6666-7777-88888888abcd"));
+    assert!(s.policies[0]
+        .device_groups
+        .contains("33333333-4444-5555-6666-77777777abcd"));
+    let s = ok(&with(
+        "[\"api://passgate\"]",
+        "[\"AAAAAAAA-BBBB-CCCC-DDDD-EEEEEEEEEEEE\", api://Passgate]",
+    ));
+    assert_eq!(
+        s.operator_auth.audiences,
+        ["aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee", "api://Passgate"]
+    );
+}
+
+#[test]
+fn yaml_syntax_errors_are_located() {
+    let e = err(&with(
+        "  listen: \"127.0.0.1:8443\"",
+        "  listen: \"127.0.0.1:8443",
+    ));
+    assert_eq!(e.origin, "test.yaml");
+    let (l, c) = (e.line.unwrap(), e.column.unwrap());
+    assert_eq!(l, 3, "{e}");
+    // The problem's own location is in the prefix only (a context location may remain).
+    assert!(
+        !e.message.contains(&format!("at line {l} column {c}")),
+        "{e}"
+    );
+    for empty in ["", "# only a comment\n\n", "---\n"] {
+        let e = err(empty);
+        assert_eq!(
+            e.to_string(),
+            "test.yaml: the config is empty\n  hint: start from config/production.example.yaml"
+        );
+    }
+}
+
+#[test]
+fn unknown_keys_are_refused_where_they_are() {
+    let e = err(&with("      groups: [\"3333", "      group: [\"3333"));
+    check(&e, "unknown field `group`", Some((16, 7)));
+    assert!(e.to_string().starts_with("test.yaml:16:7: "), "{e}");
+    let e = err(&with("audit:", "auditt:"));
+    check(&e, "unknown field `auditt`", Some((9, 1)));
+    let e = err(&format!("{BASE}  - name: x\n    operators: {{users: []}}\n    devices: {{any_device: true}}\n    limit: {{}}\n"));
+    check(&e, "unknown field `limit`", None);
+}
+
+#[test]
+fn missing_keys_and_bad_enums() {
+    let e = err(&with("audit:\n  path: /tmp/audit.jsonl\n", ""));
+    check(&e, "missing field `audit`", None);
+    let e = err(&format!("cloud: mars\n{BASE}"));
+    check(&e, "unknown variant `mars`", Some((1, 8)));
+}
+
+#[test]
+fn literal_secrets_are_refused_without_echoing_them() {
+    let e = err(&with("env:PASSGATE_CLIENT_SECRET", "Zx8Q~verysecretvalue"));
+    assert!(e.message.contains("must be references"), "{e}");
+    assert!(!e.to_string().contains("verysecret"), "{e}");
+    assert_eq!((e.line, e.column), (Some(8), Some(18)), "{e}");
+    let e = err(&with(
+        "  client_secret: env:PASSGATE_CLIENT_SECRET\n",
+        "  certificate:\n    cert_file: /c.pem\n    private_key: \"-----BEGIN PRIVATE KEY-----\"\n",
+    ));
+    assert!(!e.to_string().contains("BEGIN"), "{e}");
+    assert_eq!((e.line, e.column), (Some(10), Some(18)), "{e}");
+}
+
+#[test]
+fn guids_are_required() {
+    let e = err(&with(
+        "\"00000000-1111-2222-3333-444444444444\"",
+        "contoso.onmicrosoft.com",
+    ));
+    check(
+        &e,
+        "tenant_id: `contoso.onmicrosoft.com` is not a GUID",
+        Some((3, 12)),
+    );
+    assert!(e.hint.unwrap().contains("not the domain name"));
+    let e = err(&with(
+        "\"11111111-2222-3333-4444-555555555555\"",
+        "Zx8Q~pastedSecretValue",
+    ));
+    check(&e, "app.client_id: is not a GUID", Some((7, 14)));
+    assert!(!e.to_string().contains("pastedSecret"), "{e}");
+    let e = err(&with(
+        "[\"44444444-5555-6666-7777-888888888888\"]",
+        "[\"44444444-5555-6666-7777-888888888888\", ada@contoso.com]",
+    ));
+    check(
+        &e,
+        "policies[0].operators.users[1]: `ada@contoso.com` is not a GUID",
+        Some((14, 55)),
+    );
+    let e = err(&with(
+        "groups: [\"33333333-4444-5555-6666-777777777777\"]",
+        "groups:\n        - \"not-a-guid\"",
+    ));
+    check(&e, "policies[0].devices.groups[0]", Some((17, 11)));
+    let e = err(&with("users: [", "groups: [\"x\"]\n      users: ["));
+    check(&e, "policies[0].operators.groups[0]", Some((14, 16)));
+}
+
+#[test]
+fn policy_names_are_checked_and_unique() {
+    for bad in ["\"\"", "\"has space\"", "naïve", "a/b"] {
+        let e = err(&with("name: helpdesk", &format!("name: {bad}")));
+        check(&e, "is not a valid policy name", Some((12, 11)));
+    }
+    ok(&with("name: helpdesk", "name: Help.desk_2-b"));
+    let dup = format!("{BASE}{}", SECOND.replace("name: second", "name: HelpDesk"));
+    let e = err(&dup);
+    check(&e, "already used by policies[0] (line 12)", Some((19, 11)));
+}
+
+#[test]
+fn at_least_one_policy() {
+    let text = BASE.split("policies:").next().unwrap().to_string() + "policies: []\n";
+    let e = err(&text);
+    check(&e, "no policy", Some((11, 1)));
+}
+
+#[test]
+fn operators_need_at_least_one_non_empty_list() {
+    let e = err(&with(
+        "      users: [\"44444444-5555-6666-7777-888888888888\"]",
+        "      users: []\n      groups: []",
+    ));
+    check(&e, "policy `helpdesk` names no operators", Some((13, 5)));
+    let text = format!(
+        "{BASE}{}",
+        SECOND.replace("[Passgate.Recover]", "[\"Passgate Recover\"]")
+    );
+    let e = err(&text);
+    check(&e, "policies[1].operators.app_roles[0]", Some((21, 19)));
+}
+
+#[test]
+fn any_device_must_be_explicit_and_exclusive() {
+    // groups missing entirely
+    let e = err(&with(
+        "      groups: [\"33333333-4444-5555-6666-777777777777\"]\n",
+        "      platforms: [\"Windows Phone\"]\n",
+    ));
+    check(&e, "names no device groups", Some((15, 5)));
+    assert!(e.hint.as_deref().unwrap().contains("any_device: true"));
+    // an empty list is not "any device"
+    let e = err(&with("[\"33333333-4444-5555-6666-777777777777\"]", "[]"));
+    check(&e, "names no device groups", Some((16, 7)));
+    // any_device: false is not "any device" either
+    let e = err(&with(
+        "      groups: [\"33333333-4444-5555-6666-777777777777\"]\n",
+        "      any_device: false\n",
+    ));
+    check(&e, "names no device groups", None);
+    // both
+    let e = err(&with(
+        "      groups: [\"33333333-4444-5555-6666-777777777777\"]\n",
+        "      groups: [\"33333333-4444-5555-6666-777777777777\"]\n      any_device: true\n",
+    ));
+    check(
+        &e,
+        "both `any_device: true` and device `groups`",
+        Some((17, 7)),
+    );
+    // explicit any_device alone is fine
+    let s = ok(&format!("{BASE}{SECOND}"));
+    assert!(s.policies[1].any_device);
+    assert!(s.policies[1].device_groups.is_empty());
+}
+
+#[test]
+fn platforms_if_present_are_non_empty() {
+    let e = err(&with("    limits:", "      platforms: []\n    limits:"));
+    check(&e, "empty `platforms` list", Some((17, 7)));
+    let e = err(&with(
+        "    limits:",
+        "      platforms: [\"Windows Phone\", \" \"]\n    limits:",
+    ));
+    check(&e, "platforms[1]: must not be empty", Some((17, 36)));
+    let s = ok(&with(
+        "    limits:",
+        "      platforms: [\" Windows Phone \"]\n    limits:",
+    ));
+    assert_eq!(
+        s.policies[0].platforms,
+        Some(vec!["Windows Phone".to_string()])
+    );
+}
+
+#[test]
+fn rate_limits_parse() {
+    let good = [
+        ("1 per 1s", 1, 1),
+        ("5 per 30s", 5, 30),
+        ("10 per 10m", 10, 600),
+        ("3 per 1h", 3, 3600),
+        ("2 per 1d", 2, 86_400),
+        ("7 per 90m", 7, 5400),
+        ("1 per 31d", 1, 31 * 86_400),
+        ("  4   PER 2h ", 4, 7200),
+    ];
+    for (text, n, secs) in good {
+        assert_eq!(
+            parse_rate(text),
+            Ok((n, Duration::from_secs(secs))),
+            "{text}"
+        );
+    }
+    let bad = [
+        ("0 per 1h", "at least 1"),
+        ("-1 per 1h", "not a whole number"),
+        ("five per 1h", "not a whole number"),
+        ("5 per 0s", "at least 1s"),
+        ("5 per 32d", "at most 31d"),
+        ("5 per 1w", "not a duration"),
+        ("5 per h", "not a duration"),
+        ("5 per 1h30m", "not a duration"),
+        ("5 per 1.5h", "not a duration"),
+        ("5/1h", "not a rate limit"),
+        ("5 in 1h", "not a rate limit"),
+        ("5 per", "not a rate limit"),
+        ("", "not a rate limit"),
+        ("99999999999 per 1h", "not a whole number"),
+    ];
+    for (text, want) in bad {
+        let (m, h) = parse_rate(text).unwrap_err();
+        assert!(m.contains(want), "{text}: {m}");
+        assert!(!h.is_empty());
+    }
+    let e = err(&with("\"1 per 10m\"", "\"1 per 0m\""));
+    check(
+        &e,
+        "policies[0].limits.per_device: the window must be at least 1s",
+        Some((18, 19)),
+    );
+    let e = err(&with(
+        "      per_device: \"1 per 10m\"",
+        "      per_operator: 5 per hour",
+    ));
+    check(&e, "policies[0].limits.per_operator", Some((18, 21)));
+    let s = ok(&with(
+        "      per_device: \"1 per 10m\"",
+        "      global: 100 per 1h\n      per_operator: 5 per 1h",
+    ));
+    let scopes: Vec<LimitScope> = s.policies[0].limits.iter().map(|l| l.scope).collect();
+    assert_eq!(scopes, [LimitScope::PerOperator, LimitScope::Global]);
+}
+
+#[test]
+fn exactly_one_app_credential() {
+    let e = err(&with("  client_secret: env:PASSGATE_CLIENT_SECRET\n", ""));
+    check(&e, "no credential", Some((6, 1)));
+    let e = err(&with(
+        "  client_secret: env:PASSGATE_CLIENT_SECRET\n",
+        "  client_secret: env:PASSGATE_CLIENT_SECRET\n  certificate:\n    cert_file: /c.pem\n    private_key: file:/k.pem\n",
+    ));
+    check(&e, "both `client_secret` and `certificate`", Some((9, 3)));
+    let s = ok(&with(
+        "  client_secret: env:PASSGATE_CLIENT_SECRET\n",
+        "  certificate:\n    cert_file: /c.pem\n    private_key: file:/k.pem\n    assertion_format: rs256\n",
+    ));
+    let c = s.app.certificate.unwrap();
+    assert_eq!(c.private_key, SecretRef::File("/k.pem".into()));
+}
+
+#[test]
+fn urls_must_be_https_or_loopback_http() {
+    let ep = |v: &str| format!("{BASE}endpoints:\n  graph: {v}\n");
+    for good in [
+        "https://graph.example.com/",
+        "http://127.0.0.1:9000",
+        "http://127.8.9.10:9000",
+        "http://[::1]:9000",
+        "http://localhost:9000",
+    ] {
+        let s = ok(&ep(good));
+        assert_eq!(s.endpoints.graph, good.trim_end_matches('/'));
+    }
+    let e = err(&ep("http://graph.example.com"));
+    check(
+        &e,
+        "endpoints.graph: `http://graph.example.com` is plain http to a non-loopback host",
+        Some((20, 10)),
+    );
+    let e = err(&ep("http://10.0.0.1"));
+    check(&e, "plain http", None);
+    let e = err(&ep("ftp://x.example.com"));
+    check(&e, "not an https URL", None);
+    let e = err(&ep("graph.microsoft.com"));
+    check(&e, "not a URL", None);
+    let e = err(&ep("https://user:hunter2@graph.example.com"));
+    check(&e, "user name or password", None);
+    assert!(!e.to_string().contains("hunter2"));
+    let e = err(&ep("https://graph.example.com/?x=1"));
+    check(&e, "query or fragment", None);
+    let e = err(&with(
+        "  audiences:",
+        "  v1_issuer: http://sts.example.com/\n  audiences:",
+    ));
+    check(&e, "operator_auth.v1_issuer", Some((5, 14)));
+}
+
+#[test]
+fn operator_auth_lists_are_checked() {
+    let e = err(&with("[\"api://passgate\"]", "[]"));
+    check(&e, "operator_auth.audiences: no audience", Some((5, 3)));
+    let oa = |extra: &str| {
+        with(
+            "  audiences: [\"api://passgate\"]",
+            &format!("  audiences: [\"api://passgate\"]\n  {extra}"),
+        )
+    };
+    let e = err(&oa("token_versions: []"));
+    check(&e, "no token version", Some((6, 3)));
+    let e = err(&oa("token_versions: [\"2.0\", 1]"));
+    check(
+        &e,
+        "token_versions[1]: `1` is not a token version",
+        Some((6, 27)),
+    );
+    let s = ok(&oa("token_versions: [2.0]"));
+    assert!(s.operator_auth.accept_v2 && !s.operator_auth.accept_v1);
+    let s = ok(&oa("token_versions: [\"1.0\"]"));
+    assert!(!s.operator_auth.accept_v2 && s.operator_auth.accept_v1);
+
+    let e = err(&oa("algorithms: [RS256, none]"));
+    check(&e, "`none` is never accepted", Some((6, 23)));
+    assert!(e.hint.unwrap().contains("unsigned"));
+    let e = err(&oa("algorithms: [HS256]"));
+    check(&e, "shared-secret (HMAC)", Some((6, 16)));
+    assert!(e.hint.unwrap().contains("forge"));
+    let e = err(&oa("algorithms: [ES256]"));
+    check(&e, "not a supported algorithm", None);
+    let e = err(&oa("algorithms: []"));
+    check(&e, "no algorithm", None);
+    let s = ok(&oa("algorithms: [rs256, PS256, RS256]"));
+    assert_eq!(s.operator_auth.algorithms, ["RS256", "PS256"]);
+
+    let e = err(&oa("token_types: []"));
+    check(&e, "no token type", None);
+    let e = err(&oa("leeway_seconds: 3600"));
+    check(&e, "more than the 600 s allowed", Some((6, 19)));
+    let e = err(&oa("required_scope: \"a b\""));
+    check(&e, "one scope name", None);
+    let s = ok(&oa("required_scope: Passgate.Recover"));
+    assert_eq!(
+        s.operator_auth.required_scope.as_deref(),
+        Some("Passgate.Recover")
+    );
+}
+
+#[test]
+fn listen_must_be_a_socket_address() {
+    for bad in ["8443", "localhost:8443", "0.0.0.0", "[::]"] {
+        let e = err(&with("\"127.0.0.1:8443\"", &format!("\"{bad}\"")));
+        check(&e, "is not a socket address", Some((2, 11)));
+    }
+    ok(&with("\"127.0.0.1:8443\"", "\"[::]:8443\""));
+}
+
+#[test]
+fn misc_values_are_checked() {
+    let e = err(&with("/tmp/audit.jsonl", "\"\""));
+    check(&e, "audit.path: must not be empty", Some((10, 9)));
+    let e = err(&format!("{BASE}graph:\n  action_timeout_seconds: 0\n"));
+    check(&e, "graph.action_timeout_seconds", Some((20, 27)));
+    let e = err(&format!("{BASE}server2: 1\n"));
+    check(&e, "unknown field", None);
+}
+
+#[test]
+fn cloud_defaults() {
+    let t = "00000000-1111-2222-3333-444444444444";
+    let cases = [
+        (
+            "global",
+            "https://login.microsoftonline.com",
+            "https://graph.microsoft.com",
+            format!("https://sts.windows.net/{t}/"),
+        ),
+        (
+            "usgov",
+            "https://login.microsoftonline.us",
+            "https://graph.microsoft.us",
+            format!("https://login.microsoftonline.us/{t}/"),
+        ),
+        (
+            "usgov-dod",
+            "https://login.microsoftonline.us",
+            "https://dod-graph.microsoft.us",
+            format!("https://login.microsoftonline.us/{t}/"),
+        ),
+        (
+            "china",
+            "https://login.partner.microsoftonline.cn",
+            "https://microsoftgraph.chinacloudapi.cn",
+            format!("https://sts.chinacloudapi.cn/{t}/"),
+        ),
+    ];
+    for (cloud, authority, graph, v1) in cases {
+        let s = ok(&format!("cloud: {cloud}\n{BASE}"));
+        let e = &s.endpoints;
+        assert_eq!(e.authority, authority, "{cloud}");
+        assert_eq!(e.graph, graph, "{cloud}");
+        assert_eq!(e.token_url, format!("{authority}/{t}/oauth2/v2.0/token"));
+        assert_eq!(
+            e.oidc_discovery_url,
+            format!("{authority}/{t}/v2.0/.well-known/openid-configuration")
+        );
+        assert_eq!(e.graph_scope, format!("{graph}/.default"));
+        assert_eq!(e.v1_issuer, v1);
+        assert_eq!(e.extra_ca_file, None);
+    }
+    // No `cloud:` key means global.
+    assert_eq!(ok(BASE).endpoints.graph, "https://graph.microsoft.com");
+}
+
+#[test]
+fn endpoint_overrides_feed_the_derived_defaults() {
+    let text = format!(
+        "{BASE}endpoints:\n  graph: http://127.0.0.1:7001/\n  authority: http://127.0.0.1:7002\n  extra_ca_file: /ca.pem\n"
+    );
+    let s = ok(&text);
+    let e = &s.endpoints;
+    let t = "00000000-1111-2222-3333-444444444444";
+    assert_eq!(e.graph, "http://127.0.0.1:7001");
+    assert_eq!(
+        e.token_url,
+        format!("http://127.0.0.1:7002/{t}/oauth2/v2.0/token")
+    );
+    assert_eq!(e.graph_scope, "http://127.0.0.1:7001/.default");
+    assert_eq!(e.extra_ca_file.as_deref(), Some("/ca.pem"));
+    let text = format!(
+        "{BASE}endpoints:\n  token_url: https://t.example/tok\n  oidc_discovery_url: https://t.example/d\n  graph_scope: https://graph.microsoft.com/.default\n"
+    );
+    let s = ok(&text.replace(
+        "  audiences:",
+        "  v1_issuer: https://sts.example/x/\n  audiences:",
+    ));
+    assert_eq!(s.endpoints.token_url, "https://t.example/tok");
+    assert_eq!(s.endpoints.oidc_discovery_url, "https://t.example/d");
+    assert_eq!(
+        s.endpoints.graph_scope,
+        "https://graph.microsoft.com/.default"
+    );
+    assert_eq!(s.endpoints.v1_issuer, "https://sts.example/x/");
+}
+
+#[test]
+fn load_file_reports_unreadable_files_without_location() {
+    let e = load_file(std::path::Path::new("/nonexistent/passgate.yaml")).unwrap_err();
+    assert_eq!(e.origin, "/nonexistent/passgate.yaml");
+    assert_eq!((e.line, e.column), (None, None));
+    assert!(
+        e.to_string()
+            .starts_with("/nonexistent/passgate.yaml: cannot read"),
+        "{e}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(&path, with("name: helpdesk", "name: \"no spaces\"")).unwrap();
+    let e = load_file(&path).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{}:12:11: ", path.display())),
+        "{e}"
+    );
+}
+
+#[test]
+fn summary_shows_the_essentials_and_no_secret() {
+    std::env::set_var("PASSGATE_TEST_SUMMARY_SECRET", "topsecretvalue");
+    let text = format!("{BASE}{SECOND}").replace(
+        "env:PASSGATE_CLIENT_SECRET",
+        "env:PASSGATE_TEST_SUMMARY_SECRET",
+    );
+    let s = ok(&text);
+    let out = crate::config::summary(&s);
+    for want in [
+        "127.0.0.1:8443",
+        "plain HTTP",
+        "00000000-1111-2222-3333-444444444444",
+        "https://graph.microsoft.com",
+        "api://passgate",
+        "client secret from env:PASSGATE_TEST_SUMMARY_SECRET",
+        "/tmp/audit.jsonl",
+        "policies      2",
+        "1. helpdesk",
+        "devices in 1 group(s)",
+        "1 per 10m per device",
+        "2. second",
+        "app roles Passgate.Recover",
+        "ANY device",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    assert!(!out.contains("topsecretvalue"));
+    assert!(out.lines().count() <= 30, "one screen:\n{out}");
+}
+
+#[test]
+fn every_shipped_config_loads() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) == Some("yaml") {
+            load_file(&path).unwrap_or_else(|e| panic!("{e}"));
+            n += 1;
+        }
+    }
+    assert!(n >= 1, "no config/*.yaml found in {}", dir.display());
+}
+
+#[test]
+fn production_example_says_what_it_promises() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/production.example.yaml");
+    let s = load_file(&path).unwrap();
+    assert!(s.tls.is_some());
+    assert_eq!(s.raw.cloud, Cloud::Global);
+    assert_eq!(
+        s.app.client_secret,
+        Some(SecretRef::Env("PASSGATE_CLIENT_SECRET".into()))
+    );
+    assert_eq!(s.policies.len(), 2);
+    for p in &s.policies {
+        assert_eq!(p.platforms, Some(vec!["Windows Phone".to_string()]));
+        assert!(!p.limits.is_empty());
+    }
+}
+
+#[test]
+fn errors_in_the_commented_example_point_at_the_right_line() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/production.example.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+
+    let bad = text.replace("per_device: \"1 per 1h\"", "per_device: \"1 per 0h\"");
+    let e = err(&bad);
+    check(&e, "policies[1].limits.per_device", None);
+    assert_eq!(e.line, Some(line_of("per_device: \"1 per 1h\"")), "{e}");
+
+    let bad = text.replace(
+        "- \"33333333-4444-5555-6666-777777777777\"",
+        "- \"33333333-4444-5555-6666-77777777777\"",
+    );
+    let e = err(&bad);
+    check(&e, "policies[0].devices.groups[0]", None);
+    assert_eq!(
+        e.line,
+        Some(line_of("33333333-4444-5555-6666-777777777777")),
+        "{e}"
+    );
+
+    // Windows line endings do not move anything.
+    let crlf = text
+        .replace('\n', "\r\n")
+        .replace("global: \"100 per 1h\"", "global: \"0 per 1h\"");
+    let e = err(&crlf);
+    check(&e, "policies[0].limits.global", None);
+    assert_eq!(e.line, Some(line_of("global: \"100 per 1h\"")), "{e}");
+}
+
+#[test]
+fn summary_names_certificate_and_tls_by_reference() {
+    let text = with(
+        "  client_secret: env:PASSGATE_CLIENT_SECRET\n",
+        "  certificate:\n    cert_file: /etc/passgate/app.pem\n    private_key: file:/etc/passgate/app.key\n",
+    )
+    .replace(
+        "  listen: \"127.0.0.1:8443\"\n",
+        "  listen: \"127.0.0.1:8443\"\n  tls:\n    cert_file: /tls/cert.pem\n    key_file: /tls/key.pem\n",
+    );
+    let out = crate::config::summary(&ok(&text));
+    assert!(
+        out.contains("TLS (cert /tls/cert.pem, key /tls/key.pem)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("certificate /etc/passgate/app.pem (key from file:/etc/passgate/app.key, PS256 + x5t#S256)"),
+        "{out}"
+    );
+}

@@ -1,0 +1,154 @@
+//! One-screen human summary of validated settings, printed by `passgate check`. It shows secret
+//! *references* (`env:NAME`, `file:PATH`) and never a secret value.
+
+use super::schema::{AssertionFormat, Cloud, SecretRef};
+use super::settings::Settings;
+use crate::policy::{Limit, LimitScope, PolicySettings};
+use std::fmt::Write;
+
+/// The summary text; ends with a newline.
+pub fn summary(s: &Settings) -> String {
+    let mut o = String::new();
+    // Writing to a String cannot fail; ignore the fmt::Result rather than unwrap.
+    let _ = write_summary(&mut o, s);
+    o
+}
+
+fn write_summary(o: &mut String, s: &Settings) -> std::fmt::Result {
+    let cloud = match s.raw.cloud {
+        Cloud::Global => "global",
+        Cloud::Usgov => "usgov",
+        Cloud::UsgovDod => "usgov-dod",
+        Cloud::China => "china",
+    };
+    let tls = match &s.tls {
+        Some(t) => format!("TLS (cert {}, key {})", t.cert_file, t.key_file),
+        None => "plain HTTP (no TLS)".into(),
+    };
+    writeln!(o, "listen        {} — {tls}", s.listen)?;
+    writeln!(o, "tenant        {} (cloud {cloud})", s.tenant_id)?;
+    let e = &s.endpoints;
+    writeln!(o, "graph         {}  scope {}", e.graph, e.graph_scope)?;
+    writeln!(o, "token url     {}", e.token_url)?;
+    writeln!(o, "oidc          {}", e.oidc_discovery_url)?;
+    if let Some(ca) = &e.extra_ca_file {
+        writeln!(o, "extra CA      {ca}")?;
+    }
+    let a = &s.operator_auth;
+    let mut versions = Vec::new();
+    if a.accept_v2 {
+        versions.push("2.0".to_string());
+    }
+    if a.accept_v1 {
+        versions.push(format!("1.0 (issuer {})", e.v1_issuer));
+    }
+    writeln!(o, "operators     audiences {}", a.audiences.join(", "))?;
+    writeln!(
+        o,
+        "              tokens {}; alg {}; typ {}; leeway {}s{}",
+        versions.join(", "),
+        a.algorithms.join(","),
+        a.token_types.join(","),
+        a.leeway.as_secs(),
+        a.required_scope
+            .as_ref()
+            .map(|sc| format!("; scope {sc} required"))
+            .unwrap_or_default()
+    )?;
+    let cred = match (&s.app.client_secret, &s.app.certificate) {
+        (Some(r), _) => format!("client secret from {}", reference(r)),
+        (None, Some(c)) => format!(
+            "certificate {} (key from {}, {})",
+            c.cert_file,
+            reference(&c.private_key),
+            match c.assertion_format {
+                AssertionFormat::Ps256 => "PS256 + x5t#S256",
+                AssertionFormat::Rs256 => "RS256 + x5t",
+            }
+        ),
+        (None, None) => "no credential".into(),
+    };
+    writeln!(o, "app           {} — {cred}", s.app.client_id)?;
+    let g = &s.graph;
+    writeln!(
+        o,
+        "graph calls   action timeout {}s, read timeout {}s, facts cache {}, token refresh {}s ahead",
+        g.action_timeout_seconds,
+        g.read_timeout_seconds,
+        if g.facts_cache_ttl_seconds == 0 {
+            "off".to_string()
+        } else {
+            format!("{}s", g.facts_cache_ttl_seconds)
+        },
+        g.token_refresh_ahead_seconds
+    )?;
+    writeln!(o, "audit         {}", s.audit.path)?;
+    writeln!(o, "policies      {} (first match wins)", s.policies.len())?;
+    for (i, p) in s.policies.iter().enumerate() {
+        write_policy(o, i + 1, p)?;
+    }
+    Ok(())
+}
+
+fn write_policy(o: &mut String, n: usize, p: &PolicySettings) -> std::fmt::Result {
+    writeln!(o, "  {n}. {}", p.name)?;
+    if let Some(d) = &p.description {
+        let first = d.lines().next().unwrap_or("").trim();
+        if !first.is_empty() {
+            writeln!(o, "     {first}")?;
+        }
+    }
+    let mut who = Vec::new();
+    if !p.users.is_empty() {
+        who.push(format!("{} user(s)", p.users.len()));
+    }
+    if !p.groups.is_empty() {
+        who.push(format!("{} group(s)", p.groups.len()));
+    }
+    if !p.app_roles.is_empty() {
+        let roles: Vec<&str> = p.app_roles.iter().map(String::as_str).collect();
+        who.push(format!("app roles {}", roles.join(", ")));
+    }
+    writeln!(o, "     who:     {}", who.join(", "))?;
+    let devices = if p.any_device {
+        "ANY device".to_string()
+    } else {
+        format!("devices in {} group(s)", p.device_groups.len())
+    };
+    let platforms = match &p.platforms {
+        Some(v) => format!("; platforms {}", v.join(", ")),
+        None => "; any platform".into(),
+    };
+    writeln!(o, "     where:   {devices}{platforms}")?;
+    if p.limits.is_empty() {
+        writeln!(o, "     limits:  none")?;
+    } else {
+        let l: Vec<String> = p.limits.iter().map(limit).collect();
+        writeln!(o, "     limits:  {}", l.join("; "))?;
+    }
+    Ok(())
+}
+
+fn limit(l: &Limit) -> String {
+    let w = l.window.as_secs();
+    let span = if w % 86_400 == 0 {
+        format!("{}d", w / 86_400)
+    } else if w % 3600 == 0 {
+        format!("{}h", w / 3600)
+    } else if w % 60 == 0 {
+        format!("{}m", w / 60)
+    } else {
+        format!("{w}s")
+    };
+    let scope = match l.scope {
+        LimitScope::PerOperator => "per operator",
+        LimitScope::PerDevice => "per device",
+        LimitScope::Global => "global",
+    };
+    format!("{} per {span} {scope}", l.count)
+}
+
+/// The reference, never the value (an inline secret exists only in the sandbox).
+fn reference(r: &SecretRef) -> String {
+    format!("{r:?}")
+}
