@@ -280,6 +280,9 @@ impl Sandbox {
 
     /// Signs arbitrary claims; `header_overrides` (an object; `null` values delete) is merged
     /// over the default header.
+    ///
+    /// # Panics
+    /// `Signing::UnknownKey` generates (once per sandbox) an RSA key; panics if that fails.
     pub fn mint(&self, claims: &Value, header_overrides: &Value, signing: Signing) -> String {
         claims::mint(&self.shared, claims, header_overrides, signing)
     }

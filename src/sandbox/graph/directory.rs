@@ -269,12 +269,15 @@ pub(crate) fn memberships(
         "directoryObjects"
     };
     let mut body = json!({"@odata.context": ctx.context(context), "value": page});
-    if skip + top < all.len() {
+    if skip.saturating_add(top) < all.len() {
         let mut link = format!("{}{}?", shared.graph_url, req.path);
         if query_opt(req, "$top").is_some() {
             link.push_str(&format!("$top={top}&"));
         }
-        link.push_str(&format!("$skiptoken={}", encode_skiptoken(skip + top)));
+        link.push_str(&format!(
+            "$skiptoken={}",
+            encode_skiptoken(skip.saturating_add(top))
+        ));
         body["@odata.nextLink"] = json!(link);
     }
     json_reply(StatusCode::OK, &body)

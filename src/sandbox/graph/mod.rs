@@ -16,15 +16,15 @@ use super::{Fault, Shared, GRAPH_RESOURCE};
 use path::{PathError, Route};
 use reply::Ctx;
 
-/// Whether a recorded path is a recoverPasscode action (any route form, `/me` included).
+/// Whether a recorded path names the recoverPasscode action anywhere (any route form, `/me`,
+/// namespace-qualified, or even a path Graph would refuse). Deliberately broad: tests use it
+/// to prove nothing resembling the action reached Graph.
 pub(crate) fn is_recover_passcode_path(path_and_query: &str) -> bool {
-    matches!(
-        path::resolve(path_and_query),
-        Ok((
-            _,
-            Route::RecoverPasscode { .. } | Route::Me { action: true }
-        ))
-    )
+    let path = path_and_query.split('?').next().unwrap_or("");
+    path.split('/').any(|seg| {
+        let seg = path::percent_decode(seg).to_ascii_lowercase();
+        seg == "recoverpasscode" || seg.ends_with(".recoverpasscode")
+    })
 }
 
 pub(crate) fn handle(shared: &Shared, req: &Incoming) -> Reply {

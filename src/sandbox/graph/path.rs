@@ -87,7 +87,7 @@ pub(crate) enum PathError {
     Segment(String),
 }
 
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -163,7 +163,8 @@ pub(crate) fn resolve(path: &str) -> Result<(String, Route), PathError> {
 }
 
 fn route(t: &[Tok]) -> Result<Route, PathError> {
-    let act = |a: &Tok| a.is("recoverPasscode");
+    // Graph also binds actions by their namespace-qualified name.
+    let act = |a: &Tok| a.is("recoverPasscode") || a.is("microsoft.graph.recoverPasscode");
     let md = |id: &Tok, form: Form, action: bool| -> Option<Route> {
         let id = id.id()?.to_string();
         Some(if action {
@@ -308,6 +309,14 @@ mod tests {
                 groups_only: true
             }
         );
+    }
+
+    #[test]
+    fn namespace_qualified_action_resolves() {
+        let (_, r) =
+            resolve("/v1.0/deviceManagement/managedDevices/abc/microsoft.graph.recoverPasscode")
+                .unwrap();
+        assert!(matches!(r, Route::RecoverPasscode { .. }));
     }
 
     #[test]

@@ -18,6 +18,9 @@ async fn discovery_documents_have_entra_shapes() {
     .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("cache-control"), Some("max-age=86400, private"));
+    // The gateway may parse it with openidconnect's metadata type.
+    let meta: openidconnect::core::CoreProviderMetadata = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(meta.issuer().as_str(), format!("{a}/{tid}/v2.0"));
     let d = r.json();
     assert_eq!(d["issuer"], format!("{a}/{tid}/v2.0"));
     assert_eq!(d["jwks_uri"], format!("{a}/{tid}/discovery/v2.0/keys"));

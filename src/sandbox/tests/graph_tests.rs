@@ -55,15 +55,19 @@ async fn recover_passcode_succeeds_on_windows_phone_and_is_recorded() {
     let get = format!("/v1.0/deviceManagement/managedDevices/{id}");
     assert_eq!(graph(&sb, "GET", &get, &tok, b"").await.status, 200);
 
+    // The namespace-qualified action name binds too.
+    let p3 = format!("/v1.0/deviceManagement/managedDevices/{id}/microsoft.graph.recoverPasscode");
+    assert_eq!(graph(&sb, "POST", &p3, &tok, b"").await.status, 204);
+
     let calls = sb.recover_passcode_calls();
-    assert_eq!(calls.len(), 2);
+    assert_eq!(calls.len(), 3);
     assert_eq!(calls[0].path_and_query, path);
     assert_eq!(calls[0].status, 204);
     assert_eq!(
         calls[0].header("Authorization"),
         Some(format!("Bearer {tok}").as_str())
     );
-    assert_eq!(sb.graph_calls().len(), 3);
+    assert_eq!(sb.graph_calls().len(), 4);
     assert!(!format!("{:?}", calls).contains(&tok));
 }
 
@@ -233,6 +237,38 @@ async fn graph_authenticates_app_tokens_only() {
     assert_eq!(r.status, 403);
     assert_eq!(r.json()["error"]["code"], "Authorization_RequestDenied");
     assert!(sb.recover_passcode_calls().iter().all(|c| c.status != 204));
+
+    // Device.Read.All alone: memberships come back with limited info, checks are denied.
+    sb.set_app_roles(vec!["Device.Read.All".into()]);
+    let dev_only = app_token(&sb).await;
+    let oid = sb
+        .tenant()
+        .device("kiosk-phone")
+        .unwrap()
+        .device_object_id
+        .clone()
+        .unwrap();
+    let r = graph(
+        &sb,
+        "GET",
+        &format!("/v1.0/devices/{oid}/memberOf/microsoft.graph.group"),
+        &dev_only,
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let first = &r.json()["value"][0];
+    assert!(first.get("displayName").is_none() && first["id"].is_string());
+    let body = json!({"groupIds": [sb.tenant().group("Kiosk Devices").unwrap().id]}).to_string();
+    let r = graph(
+        &sb,
+        "POST",
+        &format!("/v1.0/devices/{oid}/checkMemberGroups"),
+        &dev_only,
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 403);
 }
 
 #[tokio::test]
