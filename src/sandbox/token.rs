@@ -176,7 +176,7 @@ fn issue(shared: &Shared, tenant: &str, req: &Incoming) -> Result<String, Refusa
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
             70003,
-            "The app requested an unsupported grant type ''.".replace("''", &format!("'{grant}'")),
+            format!("The app requested an unsupported grant type '{grant}'."),
         ));
     }
     let basic = basic_credentials(req);
