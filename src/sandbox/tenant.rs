@@ -1,0 +1,303 @@
+//! The fixed sample tenant ("Contoso") the emulator serves: ids are hard-coded so that
+//! `config/dev.yaml` and tests can name them. Pure data; it must never depend on the network
+//! or on randomness.
+
+/// Whether a sample operator signs in as a person or calls as an application (app-only token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperatorKind {
+    User,
+    App,
+}
+
+/// A caller of passgate's API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SampleOperator {
+    pub name: String,
+    /// Empty for app-only callers (they have no UPN).
+    pub upn: String,
+    /// Object id of the user, or of the service principal for app callers (the token's `oid`).
+    pub oid: String,
+    /// Direct group ids (emitted in the token's `groups` claim for users).
+    pub groups: Vec<String>,
+    /// App roles of passgate's API assigned to the caller (the token's `roles`).
+    pub roles: Vec<String>,
+    pub kind: OperatorKind,
+    /// The client application the token was issued to (`azp`/`appid`): the operators' CLI
+    /// for users, the automation's own app registration for app callers.
+    pub client_app_id: String,
+    pub display_name: String,
+}
+
+/// A directory group. `members` holds the ids of groups nested directly inside this one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SampleGroup {
+    pub name: String,
+    pub id: String,
+    pub members: Vec<String>,
+}
+
+/// An administrative unit: `transitiveMemberOf` returns these alongside groups, which is a
+/// trap a gateway must filter out (graph-notes §3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SampleAdminUnit {
+    pub name: String,
+    pub id: String,
+}
+
+/// An Intune managed device and (when registered) its Entra device object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SampleDevice {
+    pub name: String,
+    pub managed_device_id: String,
+    /// Entra `deviceId` (alternate key); all zeros for an unregistered device.
+    pub azure_ad_device_id: String,
+    /// Entra directory object id; `None` when the device has no Entra device object.
+    pub device_object_id: Option<String>,
+    pub user_id: String,
+    pub user_principal_name: String,
+    pub operating_system: String,
+    pub os_version: String,
+    pub device_name: String,
+    /// Direct group ids.
+    pub groups: Vec<String>,
+    /// Direct administrative unit ids.
+    pub admin_units: Vec<String>,
+}
+
+/// The whole sample tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SampleTenant {
+    pub tenant_id: String,
+    pub domain: String,
+    pub display_name: String,
+    /// passgate's API app registration: the audience of operator tokens.
+    pub api_client_id: String,
+    pub api_app_id_uri: String,
+    /// passgate's privileged Graph app: authenticates at the token endpoint.
+    pub gateway_app_client_id: String,
+    /// Service principal object id of the privileged app (the app token's `oid`).
+    pub gateway_app_sp_object_id: String,
+    pub groups: Vec<SampleGroup>,
+    pub admin_units: Vec<SampleAdminUnit>,
+    pub operators: Vec<SampleOperator>,
+    pub devices: Vec<SampleDevice>,
+}
+
+/// The scope users' tokens carry for passgate's API.
+pub const OPERATOR_SCOPE: &str = "RecoverPasscode.Request";
+/// The app role app-only callers carry for passgate's API.
+pub const OPERATOR_APP_ROLE: &str = "PassGate.RecoverPasscode";
+/// Entra `deviceId` shown for devices that never registered.
+pub const ZERO_GUID: &str = "00000000-0000-0000-0000-000000000000";
+
+const GROUP_HELPDESK: &str = "f3d0263f-adae-4f31-84f1-5b45713ed0b7";
+const GROUP_KIOSK: &str = "e6867e18-cfe7-4693-bec9-262eb70c4b84";
+const GROUP_KIOSK_LOBBY: &str = "32be6dbf-a502-41c5-9356-4b224cceef65";
+const GROUP_FINANCE: &str = "67389342-3cee-4f7f-aa31-3945cebaa52c";
+const AU_LOBBY: &str = "39d5adfb-223d-4843-aa1e-76ce72e6de42";
+const OPERATOR_CLI_APP: &str = "9791d56b-8586-4c2f-8fd8-25ab3e7d7230";
+
+fn s(v: &str) -> String {
+    v.to_string()
+}
+
+impl SampleTenant {
+    pub fn contoso() -> SampleTenant {
+        let groups = vec![
+            group("Helpdesk Tier 2", GROUP_HELPDESK, &[]),
+            group("Kiosk Devices", GROUP_KIOSK, &[GROUP_KIOSK_LOBBY]),
+            group("Kiosk Devices - Lobby", GROUP_KIOSK_LOBBY, &[]),
+            group("Finance Devices", GROUP_FINANCE, &[]),
+        ];
+        let operators = vec![
+            SampleOperator {
+                name: s("alice"),
+                upn: s("alice@contoso.onmicrosoft.com"),
+                oid: s("72aca123-ad72-4c7b-84b5-6d536a354d63"),
+                groups: vec![s(GROUP_HELPDESK)],
+                roles: vec![],
+                kind: OperatorKind::User,
+                client_app_id: s(OPERATOR_CLI_APP),
+                display_name: s("Alice Helpdesk"),
+            },
+            SampleOperator {
+                name: s("bob"),
+                upn: s("bob@contoso.onmicrosoft.com"),
+                oid: s("6fa0d1b5-9855-4c8d-be2b-8a6660fbe126"),
+                groups: vec![],
+                roles: vec![],
+                kind: OperatorKind::User,
+                client_app_id: s(OPERATOR_CLI_APP),
+                display_name: s("Bob Visitor"),
+            },
+            SampleOperator {
+                name: s("automation"),
+                upn: String::new(),
+                oid: s("f874d405-51cf-42ca-9eee-070b2b6f9646"),
+                groups: vec![],
+                roles: vec![s(OPERATOR_APP_ROLE)],
+                kind: OperatorKind::App,
+                client_app_id: s("65c4377f-8cc5-446e-972c-f0a4e874edd5"),
+                display_name: s("Kiosk Automation"),
+            },
+        ];
+        let devices = vec![
+            SampleDevice {
+                name: s("kiosk-phone"),
+                managed_device_id: s("8e3884bd-146c-4300-9ddd-59928bce1112"),
+                azure_ad_device_id: s("adda61ab-c44b-47bb-89eb-6cc454650a5c"),
+                device_object_id: Some(s("14a59c06-2aa5-463c-b25a-30a422042956")),
+                user_id: s("259da132-76cd-43c5-acf9-fb20fd5447b1"),
+                user_principal_name: s("kiosk.lobby@contoso.onmicrosoft.com"),
+                operating_system: s("Windows Phone"),
+                os_version: s("10.0.15254.603"),
+                device_name: s("KIOSK-LOBBY-01"),
+                groups: vec![s(GROUP_KIOSK_LOBBY)],
+                admin_units: vec![s(AU_LOBBY)],
+            },
+            SampleDevice {
+                name: s("finance-laptop"),
+                managed_device_id: s("eea9f01e-ba31-4c8e-ab2b-28b3b934fea2"),
+                azure_ad_device_id: s("89eebb63-ab59-4bd4-9dc6-49ce085ba1ab"),
+                device_object_id: Some(s("b361a16a-c9c6-4b3e-acb6-82391805edd6")),
+                user_id: s("75c6f9a5-d85b-412a-a1aa-40234b127067"),
+                user_principal_name: s("carol@contoso.onmicrosoft.com"),
+                operating_system: s("Windows"),
+                os_version: s("10.0.22631.4460"),
+                device_name: s("FIN-LT-0042"),
+                groups: vec![s(GROUP_FINANCE)],
+                admin_units: vec![],
+            },
+            SampleDevice {
+                name: s("lobby-ipad"),
+                managed_device_id: s("a8d603b6-1c9e-492c-93e7-f8a9ea527b4b"),
+                azure_ad_device_id: s("ec52dc45-d90e-4b87-8581-fce1efcf022b"),
+                device_object_id: Some(s("976f209a-fa56-49da-8517-22efe46d0477")),
+                user_id: s("259da132-76cd-43c5-acf9-fb20fd5447b1"),
+                user_principal_name: s("kiosk.lobby@contoso.onmicrosoft.com"),
+                operating_system: s("iOS"),
+                os_version: s("17.5.1"),
+                device_name: s("Lobby iPad"),
+                groups: vec![s(GROUP_KIOSK)],
+                admin_units: vec![],
+            },
+            SampleDevice {
+                name: s("unregistered-phone"),
+                managed_device_id: s("4b05d2d4-e762-46f1-ab84-cba10c3ac4f6"),
+                azure_ad_device_id: s(ZERO_GUID),
+                device_object_id: None,
+                user_id: s("e10498b7-a97d-47b1-9844-3ea27cd823b0"),
+                user_principal_name: s("dave@contoso.onmicrosoft.com"),
+                operating_system: s("Windows Phone"),
+                os_version: s("10.0.14393.2551"),
+                device_name: s("WP-DAVE"),
+                groups: vec![],
+                admin_units: vec![],
+            },
+        ];
+        SampleTenant {
+            tenant_id: s("cdd6998a-1fe9-48f6-915d-b7a5b7552116"),
+            domain: s("contoso.onmicrosoft.com"),
+            display_name: s("Contoso"),
+            api_client_id: s("885b1e7c-7b41-41f0-9e73-a7816b0c3fbc"),
+            api_app_id_uri: s("api://passgate"),
+            gateway_app_client_id: s("67028afe-0440-48e7-b043-4048e31efe88"),
+            gateway_app_sp_object_id: s("9f32362a-9d1b-4673-ab64-77ebcbe9b6c2"),
+            groups,
+            admin_units: vec![SampleAdminUnit {
+                name: s("Lobby"),
+                id: s(AU_LOBBY),
+            }],
+            operators,
+            devices,
+        }
+    }
+
+    pub fn operator(&self, name: &str) -> Option<&SampleOperator> {
+        self.operators.iter().find(|o| o.name == name)
+    }
+
+    pub fn device(&self, name: &str) -> Option<&SampleDevice> {
+        self.devices.iter().find(|d| d.name == name)
+    }
+
+    pub fn group(&self, name: &str) -> Option<&SampleGroup> {
+        self.groups.iter().find(|g| g.name == name)
+    }
+
+    /// Managed device by Intune id (case-insensitive, as Graph compares GUIDs).
+    pub(crate) fn managed_device(&self, id: &str) -> Option<&SampleDevice> {
+        self.devices
+            .iter()
+            .find(|d| d.managed_device_id.eq_ignore_ascii_case(id))
+    }
+
+    /// Entra device object by directory object id.
+    pub(crate) fn device_by_object_id(&self, id: &str) -> Option<&SampleDevice> {
+        self.devices.iter().find(|d| {
+            d.device_object_id
+                .as_deref()
+                .is_some_and(|o| o.eq_ignore_ascii_case(id))
+        })
+    }
+
+    /// Entra device object by `deviceId` alternate key. Unregistered devices have none.
+    pub(crate) fn device_by_device_id(&self, device_id: &str) -> Option<&SampleDevice> {
+        self.devices.iter().find(|d| {
+            d.device_object_id.is_some() && d.azure_ad_device_id.eq_ignore_ascii_case(device_id)
+        })
+    }
+
+    /// Whether `id` names the tenant (GUID or verified domain), as the token endpoint accepts.
+    pub(crate) fn is_tenant(&self, id: &str) -> bool {
+        id.eq_ignore_ascii_case(&self.tenant_id) || id.eq_ignore_ascii_case(&self.domain)
+    }
+
+    /// Group ids a device belongs to, nested memberships included (fixed point over parents).
+    pub(crate) fn transitive_groups(&self, device: &SampleDevice) -> Vec<String> {
+        let mut found: Vec<String> = device.groups.clone();
+        let mut i = 0;
+        while i < found.len() {
+            let child = found[i].clone();
+            for g in &self.groups {
+                if g.members.iter().any(|m| m == &child) && !found.contains(&g.id) {
+                    found.push(g.id.clone());
+                }
+            }
+            i += 1;
+        }
+        found
+    }
+}
+
+fn group(name: &str, id: &str, members: &[&str]) -> SampleGroup {
+    SampleGroup {
+        name: s(name),
+        id: s(id),
+        members: members.iter().map(|m| s(m)).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kiosk_phone_is_only_transitively_in_kiosk_devices() {
+        let t = SampleTenant::contoso();
+        let phone = t.device("kiosk-phone").unwrap();
+        let kiosk = &t.group("Kiosk Devices").unwrap().id;
+        assert!(!phone.groups.contains(kiosk));
+        assert!(t.transitive_groups(phone).contains(kiosk));
+        let laptop = t.device("finance-laptop").unwrap();
+        assert!(!t.transitive_groups(laptop).contains(kiosk));
+    }
+
+    #[test]
+    fn unregistered_phone_has_no_directory_object() {
+        let t = SampleTenant::contoso();
+        let d = t.device("unregistered-phone").unwrap();
+        assert_eq!(d.azure_ad_device_id, ZERO_GUID);
+        assert!(t.device_by_device_id(ZERO_GUID).is_none());
+    }
+}
