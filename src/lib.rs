@@ -14,4 +14,8 @@ pub mod graph;
 pub mod outbound;
 pub mod policy;
 pub mod routes;
+
+pub mod dev;
+pub mod pipeline;
 pub mod sandbox;
+pub mod server;

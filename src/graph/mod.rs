@@ -2,4 +2,5 @@
 //! one forward of an authorised action. Nothing in here decides anything.
 
 pub mod facts;
+pub mod forward;
 pub mod token;

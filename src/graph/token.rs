@@ -169,7 +169,8 @@ impl AppTokenProvider {
         }
     }
 
-    async fn request(&self) -> Result<Cached, TokenError> {
+    /// The form body; built in a sync fn so the (non-Send) serializer never crosses an await.
+    fn form_body(&self) -> Result<String, TokenError> {
         let mut form = form_urlencoded::Serializer::new(String::new());
         form.append_pair("grant_type", "client_credentials")
             .append_pair("client_id", &self.client_id)
@@ -198,13 +199,18 @@ impl AppTokenProvider {
                 .append_pair("client_assertion", &assertion);
             }
         }
+        Ok(form.finish())
+    }
+
+    async fn request(&self) -> Result<Cached, TokenError> {
+        let body = self.form_body()?;
         let req = http::Request::post(&self.token_url)
             .header(
                 http::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded",
             )
             .header(http::header::ACCEPT, "application/json")
-            .body(Full::new(Bytes::from(form.finish())))
+            .body(Full::new(Bytes::from(body)))
             .map_err(|_| TokenError::Unreachable("invalid token URL".into()))?;
         let started = Instant::now();
         let resp = outbound::fetch(&self.client, req, self.timeout, 64 * 1024)

@@ -1,0 +1,230 @@
+//! `passgate dev`: the embedded sandbox (Entra + Graph emulator on loopback) with the real gateway
+//! in front of it, configured by `config/dev.yaml`. Tests start the same thing in-process.
+//! The sandbox's endpoints replace the config's; nothing here is ever used by `serve`.
+
+use crate::config::{self, SecretRef, Settings};
+use crate::policy::RateLimiter;
+use crate::sandbox::{SampleTenant, Sandbox};
+use crate::server;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The dev config shipped in the repo, embedded so `passgate dev` needs no files.
+pub const DEV_CONFIG: &str = include_str!("../config/dev.yaml");
+
+/// Operator tokens handed out by the sandbox live this long (≥ 12 h, so a day's work needs one start).
+pub const DEV_TOKEN_LIFETIME: Duration = Duration::from_secs(13 * 3600);
+
+pub struct DevOptions {
+    /// Gateway listener; `127.0.0.1:0` picks a free port.
+    pub listen: String,
+    /// Audit log file; default: a fresh file in a temporary directory.
+    pub audit_log: Option<PathBuf>,
+    /// Config text to use instead of the embedded `config/dev.yaml` (tests tweak limits this way).
+    pub config_text: Option<String>,
+}
+
+impl Default for DevOptions {
+    fn default() -> Self {
+        DevOptions {
+            listen: "127.0.0.1:8080".into(),
+            audit_log: None,
+            config_text: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    #[error("sandbox: {0}")]
+    Sandbox(std::io::Error),
+    #[error("{0}")]
+    Config(#[from] config::ConfigError),
+    #[error("{0}")]
+    Start(#[from] server::StartError),
+    #[error("temporary directory: {0}")]
+    TempDir(std::io::Error),
+}
+
+/// A running sandbox + gateway. Dropping it stops the gateway.
+pub struct DevEnv {
+    pub sandbox: Sandbox,
+    pub gateway_url: String,
+    pub audit_log: PathBuf,
+    pub settings: Settings,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    pub served: tokio::task::JoinHandle<()>,
+}
+
+impl DevEnv {
+    /// Stops accepting and waits for in-flight requests to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.served).await;
+    }
+}
+
+impl Drop for DevEnv {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Points a dev config at a running sandbox.
+pub fn bind_to_sandbox(settings: &mut Settings, sandbox: &Sandbox, audit_log: &std::path::Path) {
+    let authority = sandbox.authority_url();
+    let tid = &sandbox.tenant().tenant_id;
+    let ep = &mut settings.endpoints;
+    ep.graph = sandbox.graph_url();
+    ep.authority = authority.clone();
+    ep.token_url = format!("{authority}/{tid}/oauth2/v2.0/token");
+    ep.oidc_discovery_url = format!("{authority}/{tid}/v2.0/.well-known/openid-configuration");
+    // The emulated Graph is a stand-in for graph.microsoft.com and wants that resource's scope.
+    ep.graph_scope = "https://graph.microsoft.com/.default".into();
+    settings.app.client_secret = Some(SecretRef::Inline(sandbox.client_secret()));
+    settings.app.certificate = None;
+    settings.audit.path = audit_log.display().to_string();
+}
+
+pub async fn start(opts: DevOptions) -> Result<DevEnv, DevError> {
+    let sandbox = Sandbox::start(SampleTenant::contoso())
+        .await
+        .map_err(DevError::Sandbox)?;
+    let text = opts.config_text.as_deref().unwrap_or(DEV_CONFIG);
+    let mut settings = config::load_str(text, "config/dev.yaml")?;
+    let audit_log = match opts.audit_log {
+        Some(p) => p,
+        None => {
+            let dir = std::env::temp_dir().join(format!(
+                "passgate-dev-{}-{}",
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            ));
+            std::fs::create_dir_all(&dir).map_err(DevError::TempDir)?;
+            dir.join("audit.jsonl")
+        }
+    };
+    bind_to_sandbox(&mut settings, &sandbox, &audit_log);
+    let gateway = server::build_gateway(&settings, Arc::new(RateLimiter::new())).await?;
+    let listener = server::bind(&opts.listen).await?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| server::StartError::Listen {
+            addr: opts.listen.clone(),
+            source,
+        })?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(server::serve(Arc::new(gateway), listener, None, async {
+        let _ = rx.await;
+    }));
+    Ok(DevEnv {
+        sandbox,
+        gateway_url: format!("http://{addr}"),
+        audit_log,
+        settings,
+        shutdown: Some(tx),
+        served,
+    })
+}
+
+/// The `--state-file` JSON: everything a script needs to drive the sandbox.
+pub fn state_json(env: &DevEnv) -> serde_json::Value {
+    let t = env.sandbox.tenant();
+    let operators: serde_json::Map<String, serde_json::Value> = t
+        .operators
+        .iter()
+        .map(|o| {
+            (
+                o.name.clone(),
+                serde_json::json!({
+                    "upn": o.upn,
+                    "oid": o.oid,
+                    "token": env.sandbox.operator_token(&o.name, DEV_TOKEN_LIFETIME),
+                }),
+            )
+        })
+        .collect();
+    let name_of = |id: &str| {
+        t.groups
+            .iter()
+            .find(|g| g.id == id)
+            .map(|g| g.name.clone())
+            .unwrap_or_else(|| id.to_string())
+    };
+    let devices: serde_json::Map<String, serde_json::Value> = t
+        .devices
+        .iter()
+        .map(|d| {
+            (
+                d.name.clone(),
+                serde_json::json!({
+                    "managed_device_id": d.managed_device_id,
+                    "user_id": d.user_id,
+                    "operating_system": d.operating_system,
+                    "groups": d.groups.iter().map(|g| name_of(g)).collect::<Vec<_>>(),
+                }),
+            )
+        })
+        .collect();
+    serde_json::json!({
+        "gateway": env.gateway_url,
+        "admin": null,
+        "graph": env.sandbox.graph_url(),
+        "authority": env.sandbox.authority_url(),
+        "tenant": t.tenant_id,
+        "audit_log": env.audit_log.display().to_string(),
+        "operators": operators,
+        "devices": devices,
+    })
+}
+
+/// The start-up banner: where things are and two ready-to-paste calls.
+pub fn banner(
+    env: &DevEnv,
+    token_dir: &std::path::Path,
+    state_file: Option<&std::path::Path>,
+) -> String {
+    let t = env.sandbox.tenant();
+    let dev_id = |n: &str| {
+        t.device(n)
+            .map(|d| d.managed_device_id.clone())
+            .unwrap_or_default()
+    };
+    let url = &env.gateway_url;
+    let td = token_dir.display();
+    let allowed = dev_id("kiosk-phone");
+    let mut s = String::new();
+    s.push_str(
+        "passgate dev — sandbox tenant \"contoso\" (emulated Entra ID + Graph on loopback)\n\n",
+    );
+    s.push_str(&format!("  gateway    {url}\n"));
+    s.push_str(&format!(
+        "  graph      {} (emulator)\n",
+        env.sandbox.graph_url()
+    ));
+    s.push_str(&format!(
+        "  authority  {} (emulator)\n",
+        env.sandbox.authority_url()
+    ));
+    s.push_str(&format!("  audit log  {}\n", env.audit_log.display()));
+    if let Some(p) = state_file {
+        s.push_str(&format!("  state      {}\n", p.display()));
+    }
+    s.push_str("\nAllowed — alice (Helpdesk Tier 2) on kiosk-phone (Kiosk Devices), expect 204:\n");
+    s.push_str(&format!(
+        "  curl -i -X POST -H \"Authorization: Bearer $(cat {td}/alice.token)\" \\\n    {url}/v1.0/deviceManagement/managedDevices/{allowed}/recoverPasscode\n"
+    ));
+    s.push_str("\nDenied — bob is not an approved operator, expect 403 operator_not_approved:\n");
+    s.push_str(&format!(
+        "  curl -i -X POST -H \"Authorization: Bearer $(cat {td}/bob.token)\" \\\n    {url}/v1.0/deviceManagement/managedDevices/{allowed}/recoverPasscode\n"
+    ));
+    s.push_str("\nVerify the audit chain:  passgate audit verify ");
+    s.push_str(&env.audit_log.display().to_string());
+    s.push_str("\nCtrl-C stops.");
+    s
+}

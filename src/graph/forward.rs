@@ -1,0 +1,121 @@
+//! The one forward of an authorised action to Graph. Its single entry point demands a policy
+//! [`Permit`] and a durable [`AuditReceipt`], so "forwarded without being authorised and recorded"
+//! cannot be written. It never retries the POST and never passes an inbound header through.
+
+use super::token::{AppTokenProvider, TokenError};
+use crate::audit::AuditReceipt;
+use crate::outbound::{self, HttpsClient};
+use crate::policy::Permit;
+use crate::routes::Action;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use http_body_util::Full;
+use std::sync::Arc;
+use std::time::Duration;
+
+const MAX_UPSTREAM_BODY: usize = 1024 * 1024;
+/// Response headers from Graph that reach the operator; everything else is dropped.
+const RETURNED_HEADERS: [&str; 4] = [
+    "content-type",
+    "request-id",
+    "client-request-id",
+    "retry-after",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("app token unavailable: {0}")]
+    AppToken(#[from] TokenError),
+    #[error("Graph did not answer within {0:?}; the action may or may not have run")]
+    Timeout(Duration),
+    #[error("Graph unreachable: {0}")]
+    Unreachable(String),
+}
+
+/// Graph's answer, reduced to what goes back to the operator.
+#[derive(Debug)]
+pub struct Upstream {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub graph_request_id: Option<String>,
+}
+
+pub struct Forwarder {
+    client: HttpsClient,
+    graph_root: String,
+    tokens: Arc<AppTokenProvider>,
+    timeout: Duration,
+}
+
+impl Forwarder {
+    pub fn new(
+        client: HttpsClient,
+        graph_root: String,
+        tokens: Arc<AppTokenProvider>,
+        timeout: Duration,
+    ) -> Forwarder {
+        Forwarder {
+            client,
+            graph_root,
+            tokens,
+            timeout,
+        }
+    }
+
+    /// Sends the action with the app token. Consumes the permit: one permit, one call.
+    pub async fn forward(
+        &self,
+        permit: Permit,
+        receipt: &AuditReceipt,
+        action: &Action,
+        client_request_id: &str,
+    ) -> Result<Upstream, ForwardError> {
+        let token = self.tokens.token().await?;
+        let url = format!("{}{}", self.graph_root, action.upstream_path());
+        tracing::debug!(
+            policy = permit.policy(),
+            audit_seq = receipt.seq(),
+            "forwarding"
+        );
+        let req = http::Request::post(url)
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", token.secret()),
+            )
+            .header(http::header::ACCEPT, "application/json")
+            .header(http::header::CONTENT_LENGTH, "0")
+            .header(
+                http::header::USER_AGENT,
+                concat!("passgate/", env!("CARGO_PKG_VERSION")),
+            )
+            .header("client-request-id", client_request_id)
+            .header("return-client-request-id", "true")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ForwardError::Unreachable(e.to_string()))?;
+        drop(permit);
+        let resp = outbound::fetch(&self.client, req, self.timeout, MAX_UPSTREAM_BODY)
+            .await
+            .map_err(|e| match e {
+                outbound::FetchError::Timeout(d) => ForwardError::Timeout(d),
+                other => ForwardError::Unreachable(other.to_string()),
+            })?;
+        let mut headers = HeaderMap::new();
+        for name in RETURNED_HEADERS {
+            if let Some(v) = resp.headers.get(name) {
+                headers.insert(name, v.clone());
+            }
+        }
+        let graph_request_id = resp
+            .headers
+            .get("request-id")
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .map(|s| s.chars().take(64).collect());
+        Ok(Upstream {
+            status: resp.status,
+            headers,
+            body: resp.body,
+            graph_request_id,
+        })
+    }
+}

@@ -1,0 +1,162 @@
+//! The binary's own surface: `check` on shipped and broken configs, and `dev --state-file`.
+
+mod common;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_passgate");
+
+#[test]
+fn check_accepts_every_shipped_config() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).expect("config dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        seen += 1;
+        let out = Command::new(BIN)
+            .arg("check")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .expect("runs");
+        assert!(
+            out.status.success(),
+            "{} rejected: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            summary.contains("polic"),
+            "summary names the policies: {summary}"
+        );
+    }
+    assert!(
+        seen >= 2,
+        "dev.yaml and production.example.yaml are shipped"
+    );
+}
+
+#[test]
+fn check_rejects_a_broken_file_with_file_line_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        // A misspelt key inside a policy must be an error, never ignored.
+        ("typo.yaml", passgate::dev::DEV_CONFIG.replace("    operators:\n      groups:", "    operators:\n      gropus:"), "gropus"),
+        // Implicit "any device" is refused.
+        ("nodevices.yaml", passgate::dev::DEV_CONFIG.replacen("      groups: [\"e6867e18-cfe7-4693-bec9-262eb70c4b84\"]     # Kiosk Devices (nested groups count)\n", "", 1), "any_device"),
+        // Broken YAML.
+        ("syntax.yaml", "server:\n  listen: [unclosed\n".to_string(), ""),
+    ];
+    for (name, text, needle) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, &text).unwrap();
+        let out = Command::new(BIN)
+            .arg("check")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .expect("runs");
+        assert_eq!(out.status.code(), Some(1), "{name} must be rejected");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let prefix = format!("{}:", path.display());
+        assert!(err.starts_with(&prefix), "{name}: {err}");
+        let rest = &err[prefix.len()..];
+        let mut parts = rest.splitn(3, ':');
+        let line: usize = parts
+            .next()
+            .unwrap_or("")
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}: no line in {err}"));
+        let col: usize = parts
+            .next()
+            .unwrap_or("")
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}: no column in {err}"));
+        assert!(line >= 1 && col >= 1, "{name}: {err}");
+        assert!(err.contains(needle), "{name}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_writes_a_state_file_whose_tokens_work_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let state_path = dir.path().join("state.json");
+    let mut child = Command::new(BIN)
+        .args(["dev", "--listen", "127.0.0.1:0", "--state-file"])
+        .arg(&state_path)
+        .arg("--audit-log")
+        .arg(dir.path().join("audit.jsonl"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dev starts");
+    // The banner is printed after the state file is written: read until it appears.
+    let stdout = child.stdout.take().unwrap();
+    let mut banner = String::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("banner line");
+        banner.push_str(&line);
+        banner.push('\n');
+        if line.contains("Ctrl-C") {
+            break;
+        }
+    }
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).expect("state file")).unwrap();
+    for key in [
+        "gateway",
+        "graph",
+        "authority",
+        "tenant",
+        "audit_log",
+        "operators",
+        "devices",
+    ] {
+        assert!(!state[key].is_null(), "state has {key}");
+    }
+    assert!(state.get("admin").is_some());
+    let gateway = state["gateway"].as_str().unwrap();
+    assert!(banner.contains(gateway), "banner shows the gateway URL");
+    assert!(banner.contains("curl"), "banner has ready-to-paste calls");
+    let alice = state["operators"]["alice"]["token"].as_str().unwrap();
+    assert!(!banner.contains(alice), "the banner never prints a token");
+    let device = state["devices"]["kiosk-phone"]["managed_device_id"]
+        .as_str()
+        .unwrap();
+    let url = format!("{gateway}/v1.0/deviceManagement/managedDevices/{device}/recoverPasscode");
+    let ok = common::send("POST", &url, &[common::bearer(alice)], b"").await;
+    let bob = state["operators"]["bob"]["token"].as_str().unwrap();
+    let denied = common::send("POST", &url, &[common::bearer(bob)], b"").await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(ok.status, 204);
+    assert_eq!(
+        (denied.status, denied.code().as_str()),
+        (403, "operator_not_approved")
+    );
+    // Tokens are valid for at least 12 hours.
+    let payload = alice.split('.').nth(1).unwrap();
+    use base64::Engine;
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    let life = claims["exp"].as_i64().unwrap() - chrono::Utc::now().timestamp();
+    assert!(life >= 12 * 3600, "token lifetime {life}s");
+    // The sample tenant has what the docs promise.
+    let devices = state["devices"].as_object().unwrap();
+    for d in [
+        "kiosk-phone",
+        "finance-laptop",
+        "lobby-ipad",
+        "unregistered-phone",
+    ] {
+        assert!(devices.contains_key(d), "{d}");
+    }
+}

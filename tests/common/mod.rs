@@ -1,0 +1,113 @@
+//! Shared test harness: starts the sandbox + gateway in-process on loopback and speaks plain HTTP.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use passgate::dev::{self, DevEnv, DevOptions};
+
+pub struct Resp {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+    /// The reason code in the Graph-shaped error body.
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    }
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Sends one request to `base` + `path_and_query`.
+pub async fn send(method: &str, url: &str, headers: &[(&str, String)], body: &[u8]) -> Resp {
+    let mut b = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, v);
+    }
+    let req = b
+        .body(Full::new(Bytes::copy_from_slice(body)))
+        .expect("request");
+    let resp = client().request(req).await.expect("gateway answered");
+    let (parts, body) = resp.into_parts();
+    Resp {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: body.collect().await.expect("body").to_bytes(),
+    }
+}
+
+pub fn bearer(token: &str) -> (&'static str, String) {
+    ("authorization", format!("Bearer {token}"))
+}
+
+pub async fn start() -> DevEnv {
+    start_with(None).await
+}
+
+/// Starts sandbox + gateway; `config_text` replaces the embedded dev.yaml when given.
+pub async fn start_with(config_text: Option<String>) -> DevEnv {
+    let dir = tempfile::tempdir().expect("tempdir").keep();
+    dev::start(DevOptions {
+        listen: "127.0.0.1:0".into(),
+        audit_log: Some(dir.join("audit.jsonl")),
+        config_text,
+    })
+    .await
+    .expect("dev environment starts")
+}
+
+pub fn device_id(env: &DevEnv, name: &str) -> String {
+    env.sandbox
+        .tenant()
+        .device(name)
+        .expect("sample device")
+        .managed_device_id
+        .clone()
+}
+
+pub fn action_url(env: &DevEnv, device: &str) -> String {
+    format!(
+        "{}/v1.0/deviceManagement/managedDevices/{}/recoverPasscode",
+        env.gateway_url,
+        device_id(env, device)
+    )
+}
+
+pub fn token(env: &DevEnv, operator: &str) -> String {
+    env.sandbox
+        .operator_token(operator, std::time::Duration::from_secs(3600))
+}
+
+/// All audit lines as JSON values.
+pub fn audit_records(env: &DevEnv) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(&env.audit_log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+        .collect()
+}
+
+pub fn decision_records(env: &DevEnv) -> Vec<serde_json::Value> {
+    audit_records(env)
+        .into_iter()
+        .filter(|r| r["kind"] == "decision")
+        .collect()
+}
