@@ -45,16 +45,7 @@ enum Command {
     /// Audit trail tools.
     Audit {
         #[command(subcommand)]
-        command: AuditCommand,
-    },
-}
-
-#[derive(Subcommand)]
-enum AuditCommand {
-    /// Walk the hash chain of an audit file; report the first break and exit 1 if any.
-    Verify {
-        #[arg(value_name = "FILE")]
-        file: PathBuf,
+        command: passgate::audit::cli::AuditCommand,
     },
 }
 
@@ -84,25 +75,7 @@ async fn main() -> ExitCode {
             init_tracing();
             run_dev(state_file, listen, audit_log).await
         }
-        Command::Audit {
-            command: AuditCommand::Verify { file },
-        } => match passgate::audit::verify_file(&file) {
-            Ok(s) => {
-                println!(
-                    "{}: chain intact: {} records (seq {}..{}), last hash {}",
-                    file.display(),
-                    s.records,
-                    s.first_seq,
-                    s.last_seq,
-                    s.last_hash
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{}: {e}", file.display());
-                ExitCode::FAILURE
-            }
-        },
+        Command::Audit { command } => passgate::audit::cli::run(command),
     }
 }
 

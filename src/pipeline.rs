@@ -33,11 +33,29 @@ pub struct Gateway {
     pub audit: AuditLog,
 }
 
+/// What the listener knows about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The client address passgate trusts (the TCP peer unless configured otherwise).
+    pub client_ip: IpAddr,
+    /// Subject of a verified mTLS client certificate.
+    pub client_cert_subject: Option<String>,
+}
+
+impl From<IpAddr> for ConnInfo {
+    fn from(client_ip: IpAddr) -> ConnInfo {
+        ConnInfo {
+            client_ip,
+            client_cert_subject: None,
+        }
+    }
+}
+
 /// What the pipeline knows so far about a request, for the audit record.
 struct Trail {
     request_id: String,
     client_request_id: String,
-    client_ip: IpAddr,
+    conn: ConnInfo,
     method: String,
     path: String,
     action: Option<Action>,
@@ -117,7 +135,11 @@ fn truncate(s: &str, max: usize) -> String {
 
 impl Gateway {
     /// Serves one request. Never panics on input; every path ends in a response.
-    pub async fn handle<B>(&self, req: http::Request<B>, client_ip: IpAddr) -> Response<Full<Bytes>>
+    pub async fn handle<B>(
+        &self,
+        req: http::Request<B>,
+        conn: impl Into<ConnInfo>,
+    ) -> Response<Full<Bytes>>
     where
         B: http_body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -133,7 +155,7 @@ impl Gateway {
         let mut trail = Trail {
             client_request_id: client_request_id(&parts.headers, &request_id),
             request_id,
-            client_ip,
+            conn: conn.into(),
             method: truncate(parts.method.as_str(), 16),
             path: truncate(&target, 2048),
             action: None,
@@ -320,7 +342,8 @@ impl Gateway {
         DecisionRecord {
             request_id: trail.request_id.clone(),
             client_request_id: Some(trail.client_request_id.clone()),
-            client_ip: trail.client_ip.to_string(),
+            client_ip: trail.conn.client_ip.to_string(),
+            client_cert_subject: trail.conn.client_cert_subject.clone(),
             method: trail.method.clone(),
             path: trail.path.clone(),
             action: trail.action.as_ref().map(|a| a.kind.as_str().to_string()),

@@ -24,6 +24,7 @@
 //! suffix — i.e. of everything up to, not including, the final `,"hash":"`. The verifier applies
 //! this to the bytes as read; no JSON is re-serialised, so there is no canonical-form ambiguity.
 
+pub mod cli;
 mod line;
 pub mod record;
 pub mod verify;

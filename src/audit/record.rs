@@ -50,6 +50,9 @@ pub struct DecisionRecord {
     pub request_id: String,
     pub client_request_id: Option<String>,
     pub client_ip: String,
+    /// Subject of the client's TLS certificate when the listener requires mTLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_subject: Option<String>,
     pub method: String,
     /// The path as received; the writer truncates it to [`MAX_PATH_BYTES`] on a char boundary.
     pub path: String,

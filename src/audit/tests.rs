@@ -13,6 +13,7 @@ fn decision(id: &str) -> DecisionRecord {
         request_id: id.to_owned(),
         client_request_id: Some("c-1".into()),
         client_ip: "127.0.0.1".into(),
+        client_cert_subject: None,
         method: "POST".into(),
         path: "/v1.0/deviceManagement/managedDevices/11111111-2222-3333-4444-555555555555/recoverPasscode".into(),
         action: Some("recover_passcode".into()),
