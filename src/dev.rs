@@ -6,6 +6,7 @@ use crate::config::{self, SecretRef, Settings};
 use crate::policy::RateLimiter;
 use crate::sandbox::{SampleTenant, Sandbox};
 use crate::server;
+use crate::telemetry::Metrics;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,8 @@ pub struct DevOptions {
     pub audit_log: Option<PathBuf>,
     /// Config text to use instead of the embedded `config/dev.yaml` (tests tweak limits this way).
     pub config_text: Option<String>,
+    /// Admin listener; `None` runs without one.
+    pub admin_listen: Option<String>,
 }
 
 impl Default for DevOptions {
@@ -31,6 +34,7 @@ impl Default for DevOptions {
             listen: "127.0.0.1:8080".into(),
             audit_log: None,
             config_text: None,
+            admin_listen: Some("127.0.0.1:9090".into()),
         }
     }
 }
@@ -53,25 +57,25 @@ pub struct DevEnv {
     pub gateway_url: String,
     pub audit_log: PathBuf,
     pub settings: Settings,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Admin endpoints (`/metrics`, `/healthz`, `/readyz`), when started.
+    pub admin_url: Option<String>,
+    /// The running gateway (tests read its metrics).
+    pub gateway: Arc<crate::pipeline::Gateway>,
+    shutdown: tokio::sync::watch::Sender<bool>,
     pub served: tokio::task::JoinHandle<()>,
 }
 
 impl DevEnv {
     /// Stops accepting and waits for in-flight requests to finish.
     pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+        let _ = self.shutdown.send(true);
         let _ = (&mut self.served).await;
     }
 }
 
 impl Drop for DevEnv {
     fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+        let _ = self.shutdown.send(true);
     }
 }
 
@@ -110,7 +114,9 @@ pub async fn start(opts: DevOptions) -> Result<DevEnv, DevError> {
         }
     };
     bind_to_sandbox(&mut settings, &sandbox, &audit_log);
-    let gateway = server::build_gateway(&settings, Arc::new(RateLimiter::new())).await?;
+    let gateway = Arc::new(
+        server::build_gateway(&settings, Arc::new(RateLimiter::new()), Metrics::new()).await?,
+    );
     let listener = server::bind(&opts.listen).await?;
     let addr = listener
         .local_addr()
@@ -118,16 +124,37 @@ pub async fn start(opts: DevOptions) -> Result<DevEnv, DevError> {
             addr: opts.listen.clone(),
             source,
         })?;
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(server::serve(Arc::new(gateway), listener, None, async {
-        let _ = rx.await;
-    }));
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let admin_url = match &opts.admin_listen {
+        Some(a) => {
+            let admin = server::bind(a).await?;
+            let admin_addr = admin
+                .local_addr()
+                .map_err(|source| server::StartError::Listen {
+                    addr: a.clone(),
+                    source,
+                })?;
+            tokio::spawn(crate::admin::serve(
+                gateway.clone(),
+                admin,
+                stopped(rx.clone()),
+            ));
+            Some(format!("http://{admin_addr}"))
+        }
+        None => None,
+    };
+    let served = tokio::spawn(server::serve(gateway.clone(), listener, None, stopped(rx)));
     Ok(DevEnv {
         sandbox,
         gateway_url: format!("http://{addr}"),
+        admin_url,
         audit_log,
         settings,
-        shutdown: Some(tx),
+        gateway,
+        shutdown: tx,
         served,
     })
 }
@@ -173,7 +200,7 @@ pub fn state_json(env: &DevEnv) -> serde_json::Value {
         .collect();
     serde_json::json!({
         "gateway": env.gateway_url,
-        "admin": null,
+        "admin": env.admin_url,
         "graph": env.sandbox.graph_url(),
         "authority": env.sandbox.authority_url(),
         "tenant": t.tenant_id,
@@ -211,6 +238,11 @@ pub fn banner(
         "  authority  {} (emulator)\n",
         env.sandbox.authority_url()
     ));
+    if let Some(a) = &env.admin_url {
+        s.push_str(&format!(
+            "  admin      {a}/metrics  {a}/healthz  {a}/readyz\n"
+        ));
+    }
     s.push_str(&format!("  audit log  {}\n", env.audit_log.display()));
     if let Some(p) = state_file {
         s.push_str(&format!("  state      {}\n", p.display()));

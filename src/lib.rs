@@ -6,6 +6,7 @@
 //! Dependency direction: `server -> pipeline -> {routes, auth, policy, graph, audit}`.
 //! `policy` knows nothing of the network; nothing but the CLI and tests imports `sandbox`.
 
+pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod config;
@@ -19,3 +20,4 @@ pub mod dev;
 pub mod pipeline;
 pub mod sandbox;
 pub mod server;
+pub mod telemetry;

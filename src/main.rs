@@ -2,7 +2,7 @@
 //! Errors go to stderr in one actionable sentence and exit non-zero; secrets are never printed.
 
 use clap::{Parser, Subcommand};
-use passgate::{config, dev, policy::RateLimiter, server};
+use passgate::{config, dev, policy::RateLimiter, server, telemetry::Metrics};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -41,6 +41,9 @@ enum Command {
         /// Audit log file (default: a fresh file in a temporary directory).
         #[arg(long, value_name = "FILE")]
         audit_log: Option<PathBuf>,
+        /// Admin listen address for /metrics, /healthz, /readyz (port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: String,
     },
     /// Audit trail tools.
     Audit {
@@ -71,9 +74,10 @@ async fn main() -> ExitCode {
             state_file,
             listen,
             audit_log,
+            admin_listen,
         } => {
             init_tracing();
-            run_dev(state_file, listen, audit_log).await
+            run_dev(state_file, listen, audit_log, admin_listen).await
         }
         Command::Audit { command } => passgate::audit::cli::run(command),
     }
@@ -124,15 +128,27 @@ async fn serve(path: &std::path::Path) -> ExitCode {
         }
     };
     let run = async {
-        let gateway = server::build_gateway(&settings, Arc::new(RateLimiter::new())).await?;
+        let metrics = Metrics::new();
+        let gateway = Arc::new(
+            server::build_gateway(&settings, Arc::new(RateLimiter::new()), metrics).await?,
+        );
         let tls = match &settings.tls {
             Some(t) => Some(server::tls_acceptor(&t.cert_file, &t.key_file)?),
             None => None,
         };
         let listener = server::bind(&settings.listen).await?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        if let Some(admin_addr) = &settings.admin_listen {
+            let admin = server::bind(admin_addr).await?;
+            let mut rx = stop_rx.clone();
+            tokio::spawn(passgate::admin::serve(gateway.clone(), admin, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }));
+            tracing::info!(admin = %admin_addr, "admin endpoints serving");
+        }
         tracing::info!(listen = %settings.listen, tls = tls.is_some(), "passgate serving");
-        let gateway = Arc::new(gateway);
         server::serve(gateway.clone(), listener, tls, shutdown_signal()).await;
+        let _ = stop_tx.send(true);
         gateway.audit.close();
         Ok::<(), server::StartError>(())
     };
@@ -149,11 +165,13 @@ async fn run_dev(
     state_file: Option<PathBuf>,
     listen: String,
     audit_log: Option<PathBuf>,
+    admin_listen: String,
 ) -> ExitCode {
     let env = match dev::start(dev::DevOptions {
         listen,
         audit_log,
         config_text: None,
+        admin_listen: Some(admin_listen),
     })
     .await
     {

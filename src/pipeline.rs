@@ -11,8 +11,10 @@ use crate::auth::{AuthError, Authenticator, Operator, OperatorKind};
 use crate::error::{graph_error_json, Reason};
 use crate::graph::facts::{FactsClient, FactsError};
 use crate::graph::forward::{ForwardError, Forwarder};
+use crate::graph::token::AppTokenProvider;
 use crate::policy::{Denial, FactsOutcome, PolicySet, RateInfo, RateLimiter};
 use crate::routes::{self, Action, RouteForm};
+use crate::telemetry::{Metrics, Stage};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response};
 use http_body_util::{BodyExt, Full, Limited};
@@ -30,7 +32,9 @@ pub struct Gateway {
     pub limiter: Arc<RateLimiter>,
     pub facts: FactsClient,
     pub forwarder: Forwarder,
+    pub tokens: Arc<AppTokenProvider>,
     pub audit: AuditLog,
+    pub metrics: Metrics,
 }
 
 /// What the listener knows about the connection a request came on.
@@ -169,7 +173,8 @@ impl Gateway {
         } else {
             target
         };
-        match self
+        self.metrics.in_flight.inc();
+        let (resp, decision, reason) = match self
             .decide_and_forward(
                 &mut trail,
                 &parts.method,
@@ -180,9 +185,57 @@ impl Gateway {
             )
             .await
         {
-            Ok(resp) => resp,
-            Err(refusal) => self.refuse(&trail, refusal).await,
-        }
+            Ok(resp) => (resp, "allow", Reason::Allowed),
+            Err(refusal) => {
+                let (resp, reason) = self.refuse(&trail, refusal).await;
+                (resp, "deny", reason)
+            }
+        };
+        let route = trail
+            .action
+            .as_ref()
+            .map(|a| a.form.label())
+            .unwrap_or("unmatched");
+        self.metrics
+            .requests
+            .with_label_values(&[route, decision, reason.as_str()])
+            .inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&[decision])
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.in_flight.dec();
+        resp
+    }
+
+    /// Brings the counters kept by components (token, keys, cache, audit) into the registry.
+    pub fn sync_metrics(&self) {
+        let m = &self.metrics;
+        let sync = Metrics::sync_counter;
+        let t = self.tokens.stats();
+        sync(
+            &m.app_token_refreshes.with_label_values(&["success"]),
+            t.refresh_ok,
+        );
+        sync(
+            &m.app_token_refreshes.with_label_values(&["failure"]),
+            t.refresh_failed,
+        );
+        let k = self.auth.keys().stats();
+        sync(
+            &m.jwks_refreshes.with_label_values(&["success"]),
+            k.refresh_ok,
+        );
+        sync(
+            &m.jwks_refreshes.with_label_values(&["failure"]),
+            k.refresh_failed,
+        );
+        let f = self.facts.stats();
+        sync(&m.facts_cache.with_label_values(&["hit"]), f.hits);
+        sync(&m.facts_cache.with_label_values(&["miss"]), f.misses);
+        let a = self.audit.stats();
+        sync(&m.audit_records, a.records_written);
+        sync(&m.audit_write_failures, a.write_failures);
     }
 
     async fn decide_and_forward<B>(
@@ -210,7 +263,10 @@ impl Gateway {
             ));
         }
 
-        let operator = self.auth.authenticate(headers).await.map_err(|e| {
+        let t = Instant::now();
+        let authenticated = self.auth.authenticate(headers).await;
+        self.metrics.observe_stage(Stage::Auth, t.elapsed());
+        let operator = authenticated.map_err(|e| {
             let mut r = Refusal::new(e.reason, e.description.clone());
             self.challenge(&mut r, &e);
             r
@@ -223,7 +279,10 @@ impl Gateway {
             return Err(denial.into());
         }
         let groups = self.policies.groups_to_check(&screen);
-        let facts = match self.facts.facts(&action.managed_device_id, &groups).await {
+        let t = Instant::now();
+        let fetched = self.facts.facts(&action.managed_device_id, &groups).await;
+        self.metrics.observe_stage(Stage::Facts, t.elapsed());
+        let facts = match fetched {
             Ok(f) => {
                 trail.device = Some(DeviceRecord {
                     azure_ad_device_id: f.azure_ad_device_id.clone(),
@@ -241,36 +300,54 @@ impl Gateway {
                 FactsOutcome::Unavailable
             }
         };
-        let candidate = self
-            .policies
-            .decide(&screen, &action, &operator, &facts)
-            .map_err(|d| {
-                trail.policy = d.policy.clone();
-                Refusal::from(d)
-            })?;
-        let permit = self
-            .limiter
-            .admit(candidate, &action, &operator, Instant::now())
-            .map_err(|d| {
-                trail.policy = d.policy.clone();
-                Refusal::from(d)
-            })?;
+        let t = Instant::now();
+        let decided = self.policies.decide(&screen, &action, &operator, &facts);
+        self.metrics.observe_stage(Stage::Decide, t.elapsed());
+        let candidate = decided.map_err(|d| {
+            trail.policy = d.policy.clone();
+            Refusal::from(d)
+        })?;
+        let t = Instant::now();
+        let admitted = self.limiter.admit(candidate, &action, &operator, t);
+        self.metrics.observe_stage(Stage::RateLimit, t.elapsed());
+        let permit = admitted.map_err(|d| {
+            trail.policy = d.policy.clone();
+            if let (Some(rate), Some(policy)) = (&d.rate, &d.policy) {
+                self.metrics
+                    .rate_limited
+                    .with_label_values(&[policy.as_str(), rate.scope.as_str()])
+                    .inc();
+            }
+            Refusal::from(d)
+        })?;
         trail.policy = Some(permit.policy().to_string());
         let rate = permit.rate().cloned();
 
-        let receipt = self
+        let t = Instant::now();
+        let recorded = self
             .durable(self.record(trail, Decision::Allow, Reason::Allowed, None, None))
-            .await
-            .map_err(|e| {
+            .await;
+        self.metrics.observe_stage(Stage::Audit, t.elapsed());
+        let receipt = recorded.map_err(|e| {
                 tracing::error!(request_id = %trail.request_id, error = %e, "audit write failed; refusing (fail closed)");
                 Refusal::new(Reason::AuditUnavailable, "the audit log cannot be written; nothing was forwarded")
             })?;
         tracing::debug!(request_id = %trail.request_id, oid = %operator.oid, target = %action.target(), "allowed");
 
+        let t = Instant::now();
         let result = self
             .forwarder
             .forward(permit, &receipt, &action, &trail.client_request_id)
             .await;
+        self.metrics.observe_stage(Stage::Upstream, t.elapsed());
+        let class = match &result {
+            Ok(up) => Metrics::upstream_class(up.status.as_u16()),
+            Err(_) => "error",
+        };
+        self.metrics
+            .upstream_responses
+            .with_label_values(&[class])
+            .inc();
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         let (response, outcome) = match result {
             Ok(up) => {
@@ -383,7 +460,7 @@ impl Gateway {
     }
 
     /// Records a refusal, then answers it. If even that record cannot be written, answers 503.
-    async fn refuse(&self, trail: &Trail, refusal: Refusal) -> Response<Full<Bytes>> {
+    async fn refuse(&self, trail: &Trail, refusal: Refusal) -> (Response<Full<Bytes>>, Reason) {
         let status = refusal.reason.status().as_u16();
         tracing::info!(
             request_id = %trail.request_id,
@@ -401,14 +478,16 @@ impl Gateway {
         );
         if let Err(e) = self.durable(rec).await {
             tracing::error!(request_id = %trail.request_id, error = %e, "audit write failed for a denial");
-            return self.error_response(
+            let resp = self.error_response(
                 trail,
                 Reason::AuditUnavailable,
                 "the audit log cannot be written",
                 HeaderMap::new(),
             );
+            return (resp, Reason::AuditUnavailable);
         }
-        self.error_response(trail, refusal.reason, &refusal.message, refusal.headers)
+        let resp = self.error_response(trail, refusal.reason, &refusal.message, refusal.headers);
+        (resp, refusal.reason)
     }
 
     fn error_response(

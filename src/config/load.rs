@@ -253,8 +253,24 @@ impl Validator<'_> {
 
         let policies = self.policies(&raw.policies)?;
 
+        let admin_listen = if raw.admin.enabled {
+            let a = raw.admin.listen.trim().to_string();
+            if a.parse::<std::net::SocketAddr>().is_err() {
+                return Err(self.err(
+                    &root.key("admin").key("listen"),
+                    true,
+                    format!("`{a}` is not a socket address"),
+                    "write host:port with an IP address, e.g. 127.0.0.1:9090 (loopback) or 0.0.0.0:9090 inside a pod",
+                ));
+            }
+            Some(a)
+        } else {
+            None
+        };
+
         Ok(Settings {
             listen,
+            admin_listen,
             tls: raw.server.tls.clone(),
             tenant_id,
             endpoints,

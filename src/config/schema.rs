@@ -9,6 +9,9 @@ use serde::Deserialize;
 pub struct Config {
     /// Gateway listener.
     pub server: ServerConfig,
+    /// Admin listener: `/metrics`, `/healthz`, `/readyz`.
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// Which Microsoft cloud; fills in `endpoints` defaults (graph-notes §7).
     #[serde(default)]
     pub cloud: Cloud,
@@ -37,6 +40,34 @@ pub struct ServerConfig {
     /// TLS for the gateway listener; absent means plain HTTP.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `host:port` of the admin listener. Default `127.0.0.1:9090` (loopback only).
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    /// Set to false to run without an admin listener.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+            enabled: true,
+        }
+    }
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9090".into()
+}
+
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]

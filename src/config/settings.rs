@@ -13,6 +13,8 @@ pub struct Settings {
     /// Socket address to listen on, validated as `host:port`.
     pub listen: String,
     pub tls: Option<TlsConfig>,
+    /// Admin listener address, `None` when `admin.enabled: false`.
+    pub admin_listen: Option<String>,
     /// Lower-case GUID.
     pub tenant_id: String,
     pub endpoints: Endpoints,

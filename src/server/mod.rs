@@ -11,6 +11,7 @@ use crate::graph::token::{AppCredential, AppTokenProvider};
 use crate::outbound;
 use crate::pipeline::Gateway;
 use crate::policy::{PolicySet, RateLimiter};
+use crate::telemetry::Metrics;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -74,6 +75,7 @@ fn app_credential(settings: &Settings) -> Result<AppCredential, StartError> {
 pub async fn build_gateway(
     settings: &Settings,
     limiter: Arc<RateLimiter>,
+    metrics: Metrics,
 ) -> Result<Gateway, StartError> {
     let ep = &settings.endpoints;
     let client = outbound::build_client(ep.extra_ca_file.as_deref())?;
@@ -122,7 +124,7 @@ pub async fn build_gateway(
     let forwarder = Forwarder::new(
         client,
         ep.graph.clone(),
-        tokens,
+        tokens.clone(),
         Duration::from_secs(settings.graph.action_timeout_seconds),
     );
     let audit = AuditLog::open(std::path::Path::new(&settings.audit.path))
@@ -133,7 +135,9 @@ pub async fn build_gateway(
         limiter,
         facts,
         forwarder,
+        tokens,
         audit,
+        metrics,
     })
 }
 

@@ -69,6 +69,7 @@ pub async fn start_with(config_text: Option<String>) -> DevEnv {
         listen: "127.0.0.1:0".into(),
         audit_log: Some(dir.join("audit.jsonl")),
         config_text,
+        admin_listen: Some("127.0.0.1:0".into()),
     })
     .await
     .expect("dev environment starts")

@@ -1,0 +1,262 @@
+//! Prometheus metrics: one registry owned by the gateway (never the global default), handed in
+//! explicitly. Labels are low-cardinality by construction: route form, decision, reason code,
+//! policy name, stage, status class. Never an operator, a device id or a token.
+
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+use std::time::Duration;
+
+/// Latency buckets in seconds: sub-millisecond through Graph's slow tail.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+const FSYNC_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// Every metric passgate exports. Cheap to clone (the prometheus types are handles).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub stage_duration: HistogramVec,
+    pub upstream_responses: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub app_token_refreshes: IntCounterVec,
+    pub jwks_refreshes: IntCounterVec,
+    pub facts_cache: IntCounterVec,
+    pub audit_records: IntCounter,
+    pub audit_fsync: HistogramVec,
+    pub audit_write_failures: IntCounter,
+    pub config_reloads: IntCounterVec,
+    pub config_last_reload_success: Gauge,
+    pub in_flight: IntGauge,
+    pub build_info: IntGaugeVec,
+}
+
+/// A pipeline stage, for `passgate_stage_duration_seconds{stage}`.
+#[derive(Debug, Clone, Copy)]
+pub enum Stage {
+    Auth,
+    Facts,
+    Decide,
+    RateLimit,
+    Audit,
+    Upstream,
+}
+
+impl Stage {
+    fn label(self) -> &'static str {
+        match self {
+            Stage::Auth => "auth",
+            Stage::Facts => "facts",
+            Stage::Decide => "decide",
+            Stage::RateLimit => "rate_limit",
+            Stage::Audit => "audit",
+            Stage::Upstream => "upstream",
+        }
+    }
+}
+
+fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    reg.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn histogram(
+    reg: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .expect("static metric definition");
+    reg.register(Box::new(h.clone()))
+        .expect("metric registered once");
+    h
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let requests = counter(
+            &r,
+            "passgate_requests_total",
+            "Requests that reached passgate, by route form, decision and reason code.",
+            &["route", "decision", "reason"],
+        );
+        let request_duration = histogram(
+            &r,
+            "passgate_request_duration_seconds",
+            "End-to-end time passgate spent on a request, by decision.",
+            &["decision"],
+            LATENCY_BUCKETS,
+        );
+        let stage_duration = histogram(
+            &r,
+            "passgate_stage_duration_seconds",
+            "Time spent per pipeline stage (auth, facts, decide, rate_limit, audit, upstream).",
+            &["stage"],
+            LATENCY_BUCKETS,
+        );
+        let upstream_responses = counter(
+            &r,
+            "passgate_upstream_responses_total",
+            "Answers from Graph to forwarded actions by status class; Graph's own 429s are class 429, transport failures class error.",
+            &["class"],
+        );
+        let rate_limited = counter(
+            &r,
+            "passgate_rate_limited_total",
+            "Requests refused by passgate's own rate limits, by policy and limit scope.",
+            &["policy", "scope"],
+        );
+        let app_token_refreshes = counter(
+            &r,
+            "passgate_app_token_refreshes_total",
+            "App-only token requests to Entra, by result.",
+            &["result"],
+        );
+        let jwks_refreshes = counter(
+            &r,
+            "passgate_jwks_refreshes_total",
+            "Operator-token signing key (discovery + JWKS) fetches, by result.",
+            &["result"],
+        );
+        let facts_cache = counter(
+            &r,
+            "passgate_device_facts_cache_total",
+            "Device-facts lookups by cache result.",
+            &["result"],
+        );
+        let audit_records = IntCounter::new(
+            "passgate_audit_records_total",
+            "Audit records written and fsynced.",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(audit_records.clone()))
+            .expect("metric registered once");
+        let audit_fsync = histogram(
+            &r,
+            "passgate_audit_fsync_duration_seconds",
+            "Duration of each audit group-commit fsync.",
+            &[],
+            FSYNC_BUCKETS,
+        );
+        let audit_write_failures = IntCounter::new(
+            "passgate_audit_write_failures_total",
+            "Audit batches that could not be written or fsynced (requests in them failed closed).",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(audit_write_failures.clone()))
+            .expect("metric registered once");
+        let config_reloads = counter(
+            &r,
+            "passgate_config_reloads_total",
+            "Configuration reload attempts, by result.",
+            &["result"],
+        );
+        let config_last_reload_success = Gauge::new(
+            "passgate_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration load.",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(config_last_reload_success.clone()))
+            .expect("metric registered once");
+        let in_flight = IntGauge::new(
+            "passgate_in_flight_requests",
+            "Requests currently being processed.",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(in_flight.clone()))
+            .expect("metric registered once");
+        let build_info = IntGaugeVec::new(
+            Opts::new("passgate_build_info", "Build information; always 1."),
+            &["version"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(build_info.clone()))
+            .expect("metric registered once");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for result in ["success", "failure"] {
+            app_token_refreshes.with_label_values(&[result]);
+            jwks_refreshes.with_label_values(&[result]);
+            config_reloads.with_label_values(&[result]);
+        }
+        for result in ["hit", "miss"] {
+            facts_cache.with_label_values(&[result]);
+        }
+        for class in ["2xx", "3xx", "4xx", "429", "5xx", "error"] {
+            upstream_responses.with_label_values(&[class]);
+        }
+        config_last_reload_success.set(chrono::Utc::now().timestamp() as f64);
+        config_reloads.with_label_values(&["success"]).inc();
+        Metrics {
+            registry: r,
+            requests,
+            request_duration,
+            stage_duration,
+            upstream_responses,
+            rate_limited,
+            app_token_refreshes,
+            jwks_refreshes,
+            facts_cache,
+            audit_records,
+            audit_fsync,
+            audit_write_failures,
+            config_reloads,
+            config_last_reload_success,
+            in_flight,
+            build_info,
+        }
+    }
+
+    pub fn observe_stage(&self, stage: Stage, d: Duration) {
+        self.stage_duration
+            .with_label_values(&[stage.label()])
+            .observe(d.as_secs_f64());
+    }
+
+    /// Status class of a Graph answer; 429 counted apart from other 4xx.
+    pub fn upstream_class(status: u16) -> &'static str {
+        match status {
+            429 => "429",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        }
+    }
+
+    /// Brings a monotonic counter up to an absolute value read from a component's stats.
+    pub fn sync_counter(c: &prometheus::IntCounter, absolute: u64) {
+        let current = c.get();
+        if absolute > current {
+            c.inc_by(absolute - current);
+        }
+    }
+
+    /// Text exposition format (version 0.0.4).
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
