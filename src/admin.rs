@@ -3,6 +3,7 @@
 //! separate port, loopback by default, and never serves the privileged action.
 
 use crate::pipeline::Gateway;
+use crate::runtime::Live;
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use http_body_util::Full;
@@ -119,7 +120,7 @@ pub async fn route(gw: &Gateway, method: &Method, path: &str) -> Response<Full<B
 
 /// Serves the admin endpoints until `shutdown` resolves.
 pub async fn serve(
-    gw: Arc<Gateway>,
+    live: Arc<Live>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
@@ -132,11 +133,11 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
-        let gw = gw.clone();
+        let live = live.clone();
         tokio::spawn(async move {
             let svc =
                 hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let gw = gw.clone();
+                    let gw = live.get();
                     async move {
                         Ok::<_, std::convert::Infallible>(
                             route(&gw, req.method(), req.uri().path()).await,

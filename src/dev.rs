@@ -3,10 +3,9 @@
 //! The sandbox's endpoints replace the config's; nothing here is ever used by `serve`.
 
 use crate::config::{self, SecretRef, Settings};
-use crate::policy::RateLimiter;
+use crate::runtime::{self, Live, Shared};
 use crate::sandbox::{SampleTenant, Sandbox};
 use crate::server;
-use crate::telemetry::Metrics;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,13 +58,18 @@ pub struct DevEnv {
     pub settings: Settings,
     /// Admin endpoints (`/metrics`, `/healthz`, `/readyz`), when started.
     pub admin_url: Option<String>,
-    /// The running gateway (tests read its metrics).
-    pub gateway: Arc<crate::pipeline::Gateway>,
+    /// The running gateway (tests read its metrics; `live.get()`).
+    pub live: Arc<Live>,
     shutdown: tokio::sync::watch::Sender<bool>,
     pub served: tokio::task::JoinHandle<()>,
 }
 
 impl DevEnv {
+    /// The gateway currently in force.
+    pub fn gateway(&self) -> Arc<crate::pipeline::Gateway> {
+        self.live.get()
+    }
+
     /// Stops accepting and waits for in-flight requests to finish.
     pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
@@ -114,9 +118,8 @@ pub async fn start(opts: DevOptions) -> Result<DevEnv, DevError> {
         }
     };
     bind_to_sandbox(&mut settings, &sandbox, &audit_log);
-    let gateway = Arc::new(
-        server::build_gateway(&settings, Arc::new(RateLimiter::new()), Metrics::new()).await?,
-    );
+    let shared = Shared::open(&settings)?;
+    let live = Live::new(runtime::build_gateway(&settings, &shared).await?);
     let listener = server::bind(&opts.listen).await?;
     let addr = listener
         .local_addr()
@@ -138,7 +141,7 @@ pub async fn start(opts: DevOptions) -> Result<DevEnv, DevError> {
                     source,
                 })?;
             tokio::spawn(crate::admin::serve(
-                gateway.clone(),
+                live.clone(),
                 admin,
                 stopped(rx.clone()),
             ));
@@ -146,14 +149,14 @@ pub async fn start(opts: DevOptions) -> Result<DevEnv, DevError> {
         }
         None => None,
     };
-    let served = tokio::spawn(server::serve(gateway.clone(), listener, None, stopped(rx)));
+    let served = tokio::spawn(server::serve(live.clone(), listener, None, stopped(rx)));
     Ok(DevEnv {
         sandbox,
         gateway_url: format!("http://{addr}"),
         admin_url,
         audit_log,
         settings,
-        gateway,
+        live,
         shutdown: tx,
         served,
     })

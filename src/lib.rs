@@ -15,6 +15,7 @@ pub mod graph;
 pub mod outbound;
 pub mod policy;
 pub mod routes;
+pub mod runtime;
 
 pub mod dev;
 pub mod pipeline;

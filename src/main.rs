@@ -2,10 +2,11 @@
 //! Errors go to stderr in one actionable sentence and exit non-zero; secrets are never printed.
 
 use clap::{Parser, Subcommand};
-use passgate::{config, dev, policy::RateLimiter, server, telemetry::Metrics};
+use passgate::runtime::{self, Live, Reloader, Shared};
+use passgate::{config, dev, server};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -58,6 +59,8 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: log collectors and tests read plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -96,27 +99,83 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// What a process signal asks for.
+enum Signal {
+    Reload,
+    Stop,
+}
+
+/// SIGHUP reloads; SIGTERM and SIGINT stop (a second one forces the exit).
+struct Signals {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
+    hup: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Signals {
+                hup: signal(SignalKind::hangup()).ok(),
+                term: signal(SignalKind::terminate()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    async fn next(&mut self) -> Signal {
+        #[cfg(unix)]
+        {
+            let hup = async {
+                match self.hup.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
                 }
             };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+            tokio::select! {
+                _ = hup => Signal::Reload,
+                _ = Self::stop(self.term.as_mut()) => Signal::Stop,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Signal::Stop
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+
+    async fn next_stop(&mut self) {
+        #[cfg(unix)]
+        Self::stop(self.term.as_mut()).await;
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
     }
+
+    #[cfg(unix)]
+    async fn stop(term: Option<&mut tokio::signal::unix::Signal>) {
+        let term = async {
+            match term {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = term => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    Signals::new().next_stop().await;
 }
 
 async fn serve(path: &std::path::Path) -> ExitCode {
@@ -127,29 +186,76 @@ async fn serve(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Registered before anything else so an early SIGTERM/SIGHUP is never the default action.
+    let mut signals = Signals::new();
     let run = async {
-        let metrics = Metrics::new();
-        let gateway = Arc::new(
-            server::build_gateway(&settings, Arc::new(RateLimiter::new()), metrics).await?,
-        );
+        let shared = Shared::open(&settings)?;
+        let live = Live::new(runtime::build_gateway(&settings, &shared).await?);
         let tls = match &settings.tls {
             Some(t) => Some(server::tls_acceptor(&t.cert_file, &t.key_file)?),
             None => None,
         };
         let listener = server::bind(&settings.listen).await?;
+        let bound = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| settings.listen.clone());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
         if let Some(admin_addr) = &settings.admin_listen {
             let admin = server::bind(admin_addr).await?;
-            let mut rx = stop_rx.clone();
-            tokio::spawn(passgate::admin::serve(gateway.clone(), admin, async move {
-                let _ = rx.wait_for(|s| *s).await;
-            }));
-            tracing::info!(admin = %admin_addr, "admin endpoints serving");
+            let admin_bound = admin
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| admin_addr.clone());
+            tokio::spawn(passgate::admin::serve(
+                live.clone(),
+                admin,
+                stopped(stop_rx.clone()),
+            ));
+            tracing::info!(admin = %admin_bound, "admin endpoints serving");
         }
-        tracing::info!(listen = %settings.listen, tls = tls.is_some(), "passgate serving");
-        server::serve(gateway.clone(), listener, tls, shutdown_signal()).await;
+        let drain = Duration::from_secs(settings.raw.server.drain_timeout_seconds);
+        let watch_every = settings.raw.server.config_watch_seconds;
+        let reloader = Reloader::new(path.to_path_buf(), live.clone(), shared.clone(), settings);
+        if watch_every > 0 {
+            tokio::spawn(reloader.clone().watch(Duration::from_secs(watch_every)));
+        }
+        let mut serving =
+            tokio::spawn(server::serve(live.clone(), listener, tls, stopped(stop_rx)));
+        tracing::info!(listen = %bound, pid = std::process::id(), "passgate serving");
+
+        while let Signal::Reload = signals.next().await {
+            let _ = reloader.reload().await;
+        }
+        // Stop accepting; let in-flight requests finish up to the deadline.
+        tracing::info!(deadline = ?drain, "shutting down: draining in-flight requests");
         let _ = stop_tx.send(true);
-        gateway.audit.close();
+        let forced = tokio::select! {
+            _ = &mut serving => false,
+            _ = tokio::time::sleep(drain) => {
+                tracing::warn!("drain deadline passed; abandoning the remaining requests");
+                true
+            }
+            _ = signals.next_stop() => {
+                tracing::warn!("second signal: exiting now");
+                true
+            }
+        };
+        // Flush and close the audit log. Its writer finishes the batch in progress and the queue,
+        // so no record is torn; bounded so a hung disk cannot hold the exit forever.
+        let audit = shared.audit.clone();
+        let closing = tokio::task::spawn_blocking(move || audit.close());
+        let bound = if forced {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_secs(30)
+        };
+        if tokio::time::timeout(bound, closing).await.is_err() {
+            tracing::error!("audit log did not close in time");
+        }
         Ok::<(), server::StartError>(())
     };
     match run.await {

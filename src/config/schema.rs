@@ -40,6 +40,20 @@ pub struct ServerConfig {
     /// TLS for the gateway listener; absent means plain HTTP.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish. Default 20.
+    #[serde(default = "default_drain")]
+    pub drain_timeout_seconds: u64,
+    /// How often the config file is checked for changes (0 = only reload on SIGHUP). Default 5.
+    #[serde(default = "default_watch")]
+    pub config_watch_seconds: u64,
+}
+
+fn default_drain() -> u64 {
+    20
+}
+
+fn default_watch() -> u64 {
+    5
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,17 +1,9 @@
-//! Assembles the gateway from validated settings and serves it: TCP (or TLS via rustls) with
+//! Serves the gateway: TCP (or TLS via rustls) with
 //! hyper-util's auto HTTP/1.1 + HTTP/2 builder, wrapped in tower-http layers (panic catch,
 //! sensitive `Authorization`). It never serves anything but the pipeline on the gateway port.
 
-use crate::audit::AuditLog;
-use crate::auth::{keys::KeyStore, AuthSettings, Authenticator};
-use crate::config::{AssertionFormat, Settings};
-use crate::graph::facts::FactsClient;
-use crate::graph::forward::Forwarder;
-use crate::graph::token::{AppCredential, AppTokenProvider};
 use crate::outbound;
-use crate::pipeline::Gateway;
-use crate::policy::{PolicySet, RateLimiter};
-use crate::telemetry::Metrics;
+use crate::runtime::Live;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,110 +27,6 @@ pub enum StartError {
     },
     #[error("TLS: {0}")]
     Tls(String),
-}
-
-fn app_credential(settings: &Settings) -> Result<AppCredential, StartError> {
-    if let Some(secret) = &settings.app.client_secret {
-        let s = secret.resolve().map_err(|e| StartError::Secret {
-            what: "app.client_secret",
-            detail: e.to_string(),
-        })?;
-        return Ok(AppCredential::Secret(s.expose().to_string()));
-    }
-    let cert = settings.app.certificate.as_ref().ok_or_else(|| {
-        StartError::Certificate("neither client_secret nor certificate set".into())
-    })?;
-    use rsa::pkcs1::DecodeRsaPrivateKey;
-    use rsa::pkcs8::DecodePrivateKey;
-    use rustls_pki_types::pem::PemObject;
-    let cert_der = rustls_pki_types::CertificateDer::from_pem_file(&cert.cert_file)
-        .map_err(|e| StartError::Certificate(format!("{}: {e}", cert.cert_file)))?
-        .to_vec();
-    let pem = cert.private_key.resolve().map_err(|e| StartError::Secret {
-        what: "app.certificate.private_key",
-        detail: e.to_string(),
-    })?;
-    let key = rsa::RsaPrivateKey::from_pkcs8_pem(pem.expose())
-        .or_else(|_| rsa::RsaPrivateKey::from_pkcs1_pem(pem.expose()))
-        .map_err(|_| {
-            StartError::Certificate("private key is not an RSA PKCS#8 or PKCS#1 PEM key".into())
-        })?;
-    Ok(AppCredential::Certificate {
-        cert_der,
-        key: Box::new(key),
-        ps256: cert.assertion_format == AssertionFormat::Ps256,
-    })
-}
-
-/// Builds every component from settings. Fetches the signing keys once (a failure is logged and
-/// retried on demand: requests get `keys_unavailable` until Entra answers).
-pub async fn build_gateway(
-    settings: &Settings,
-    limiter: Arc<RateLimiter>,
-    metrics: Metrics,
-) -> Result<Gateway, StartError> {
-    let ep = &settings.endpoints;
-    let client = outbound::build_client(ep.extra_ca_file.as_deref())?;
-    let read_timeout = Duration::from_secs(settings.graph.read_timeout_seconds);
-    let oa = &settings.operator_auth;
-    let keys = KeyStore::new(
-        client.clone(),
-        ep.oidc_discovery_url.clone(),
-        read_timeout,
-        oa.jwks_refresh_floor,
-        oa.jwks_max_age,
-    );
-    if let Err(e) = keys.refresh_if_allowed().await {
-        tracing::error!(error = %e, "could not fetch operator-token signing keys at start-up");
-    }
-    let auth = Authenticator::new(
-        AuthSettings {
-            tenant_id: settings.tenant_id.clone(),
-            audiences: oa.audiences.clone(),
-            accept_v1: oa.accept_v1,
-            accept_v2: oa.accept_v2,
-            v1_issuer: ep.v1_issuer.clone(),
-            algorithms: oa.algorithms.clone(),
-            token_types: oa.token_types.clone(),
-            leeway: oa.leeway,
-            required_scope: oa.required_scope.clone(),
-        },
-        keys,
-    );
-    let tokens = AppTokenProvider::new(
-        client.clone(),
-        ep.token_url.clone(),
-        settings.app.client_id.clone(),
-        ep.graph_scope.clone(),
-        app_credential(settings)?,
-        read_timeout,
-        Duration::from_secs(settings.graph.token_refresh_ahead_seconds),
-    );
-    let facts = FactsClient::new(
-        client.clone(),
-        ep.graph.clone(),
-        tokens.clone(),
-        read_timeout,
-        Duration::from_secs(settings.graph.facts_cache_ttl_seconds),
-    );
-    let forwarder = Forwarder::new(
-        client,
-        ep.graph.clone(),
-        tokens.clone(),
-        Duration::from_secs(settings.graph.action_timeout_seconds),
-    );
-    let audit = AuditLog::open(std::path::Path::new(&settings.audit.path))
-        .map_err(|e| StartError::Audit(format!("{}: {e}", settings.audit.path)))?;
-    Ok(Gateway {
-        auth,
-        policies: PolicySet::new(settings.policies.clone()),
-        limiter,
-        facts,
-        forwarder,
-        tokens,
-        audit,
-        metrics,
-    })
 }
 
 /// Loads the rustls server config for the gateway listener (HTTP/2 and HTTP/1.1 via ALPN).
@@ -177,7 +65,7 @@ pub async fn bind(addr: &str) -> Result<TcpListener, StartError> {
 
 /// Accepts connections until `shutdown` resolves, then lets in-flight connections finish.
 pub async fn serve(
-    gateway: Arc<Gateway>,
+    live: Arc<Live>,
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl std::future::Future<Output = ()>,
@@ -196,7 +84,7 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let gw = gateway.clone();
+        let gw = live.clone();
         let tls = tls.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
@@ -214,7 +102,7 @@ pub async fn serve(
 }
 
 async fn serve_connection<I>(
-    gw: Arc<Gateway>,
+    gw: Arc<Live>,
     io: I,
     peer: SocketAddr,
     watcher: hyper_util::server::graceful::Watcher,
@@ -223,7 +111,9 @@ async fn serve_connection<I>(
 {
     let svc = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let gw = gw.clone();
-        async move { Ok::<_, std::convert::Infallible>(gw.handle(req, peer.ip()).await) }
+        // The gateway in force when the request arrived serves it to the end, across reloads.
+        let gateway = gw.get();
+        async move { Ok::<_, std::convert::Infallible>(gateway.handle(req, peer.ip()).await) }
     });
     let svc = tower::ServiceBuilder::new()
         .layer(tower_http::catch_panic::CatchPanicLayer::new())

@@ -112,3 +112,30 @@ pub fn decision_records(env: &DevEnv) -> Vec<serde_json::Value> {
         .filter(|r| r["kind"] == "decision")
         .collect()
 }
+
+/// A `serve` config for the binary, pointed at a sandbox running in the test process: the dev
+/// config with the sandbox's endpoints, the given audit file and ephemeral ports.
+pub fn serve_yaml(sandbox: &passgate::sandbox::Sandbox, audit: &std::path::Path) -> String {
+    let text = passgate::dev::DEV_CONFIG
+        .replacen(
+            "graph: \"http://127.0.0.1:9\"",
+            &format!("graph: \"{}\"", sandbox.graph_url()),
+            1,
+        )
+        .replacen(
+            "authority: \"http://127.0.0.1:9\"",
+            &format!("authority: \"{}\"", sandbox.authority_url()),
+            1,
+        )
+        .replacen("listen: \"127.0.0.1:8080\"", "listen: \"127.0.0.1:0\"", 1)
+        .replacen(
+            "path: \"/tmp/passgate-dev-audit.jsonl\"",
+            &format!("path: \"{}\"", audit.display()),
+            1,
+        );
+    assert!(text.contains(&sandbox.graph_url()) && text.contains(&audit.display().to_string()));
+    format!("{text}\nadmin:\n  listen: \"127.0.0.1:0\"\n")
+}
+
+/// The secret env var the dev config references.
+pub const SECRET_ENV: &str = "PASSGATE_SANDBOX_CLIENT_SECRET";

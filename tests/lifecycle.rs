@@ -1,0 +1,236 @@
+//! The `serve` process over its lifetime: SIGHUP and file-change reloads (atomic, invalid files
+//! rejected, limits kept), and SIGTERM draining then closing the audit log with exit 0.
+
+mod common;
+use common::*;
+use passgate::sandbox::{SampleTenant, Sandbox};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_passgate");
+/// An upper bound for a condition we wait on; never a synchronisation sleep.
+const BOUND: Duration = Duration::from_secs(20);
+
+struct Served {
+    child: Option<Child>,
+    lines: mpsc::Receiver<String>,
+    gateway: String,
+    admin: String,
+    config: std::path::PathBuf,
+    audit: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn field(line: &str, name: &str) -> Option<String> {
+    let start = line.find(&format!("{name}="))? + name.len() + 1;
+    Some(line[start..].split_whitespace().next()?.to_string())
+}
+
+impl Served {
+    fn start(sandbox: &Sandbox, edit: impl Fn(String) -> String) -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = dir.path().join("audit.jsonl");
+        let config = dir.path().join("passgate.yaml");
+        std::fs::write(&config, edit(serve_yaml(sandbox, &audit))).unwrap();
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env(SECRET_ENV, sandbox.client_secret())
+            .env("PASSGATE_LOG", "passgate=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("serve starts");
+        let (tx, lines) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut s = Served {
+            child: Some(child),
+            lines,
+            gateway: String::new(),
+            admin: String::new(),
+            config,
+            audit,
+            _dir: dir,
+        };
+        let admin_line = s.wait_for("admin endpoints serving");
+        s.admin = format!(
+            "http://{}",
+            field(&admin_line, "admin").expect("admin address")
+        );
+        let line = s.wait_for("passgate serving");
+        s.gateway = format!("http://{}", field(&line, "listen").expect("listen address"));
+        s
+    }
+
+    /// Reads log lines until one contains `needle` (bounded).
+    fn wait_for(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + BOUND;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(_) => continue,
+                Err(e) => panic!("no log line with {needle:?} within {BOUND:?}: {e}"),
+            }
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([
+                &format!("-{sig}"),
+                &self.child.as_ref().unwrap().id().to_string(),
+            ])
+            .status()
+            .expect("kill runs")
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+
+    fn url(&self, device: &str, tenant: &SampleTenant) -> String {
+        let id = &tenant.device(device).unwrap().managed_device_id;
+        format!(
+            "{}/v1.0/deviceManagement/managedDevices/{id}/recoverPasscode",
+            self.gateway
+        )
+    }
+
+    /// Waits (bounded) for the process to exit on its own.
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        rx.recv_timeout(BOUND)
+            .expect("process exits within the bound")
+            .expect("exit status")
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn allow_bob(yaml: &str, sandbox: &Sandbox) -> String {
+    let bob = &sandbox.tenant().operator("bob").unwrap().oid;
+    yaml.replacen(
+        "      groups: [\"f3d0263f-adae-4f31-84f1-5b45713ed0b7\"]     # Helpdesk Tier 2",
+        &format!(
+            "      groups: [\"f3d0263f-adae-4f31-84f1-5b45713ed0b7\"]\n      users: [\"{bob}\"]"
+        ),
+        1,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reload_applies_valid_config_and_rejects_invalid_keeping_limits() {
+    let sandbox = Sandbox::start(SampleTenant::contoso()).await.unwrap();
+    let tenant = sandbox.tenant().clone();
+    let per_device_1 =
+        |y: String| y.replace("per_device: \"3 per 10m\"", "per_device: \"1 per 10m\"");
+    let s = Served::start(&sandbox, per_device_1);
+    let bob = sandbox.operator_token("bob", Duration::from_secs(600));
+    let alice = sandbox.operator_token("alice", Duration::from_secs(600));
+    let url = s.url("kiosk-phone", &tenant);
+
+    assert_eq!(send("POST", &url, &[bearer(&alice)], b"").await.status, 204);
+    let r = send("POST", &url, &[bearer(&bob)], b"").await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (403, "operator_not_approved")
+    );
+
+    // An invalid file: the reload fails, says why, and the running config stays.
+    let good = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(&s.config, good.replace("policies:", "polices:")).unwrap();
+    s.signal("HUP");
+    let line = s.wait_for("configuration reload failed");
+    assert!(
+        line.contains("polices") || line.contains("unknown field"),
+        "{line}"
+    );
+    let r = send("POST", &url, &[bearer(&bob)], b"").await;
+    assert_eq!(
+        r.code(),
+        "operator_not_approved",
+        "old config still in force"
+    );
+
+    // A valid file naming bob: applied atomically; the per-device limit state survives the reload.
+    std::fs::write(&s.config, allow_bob(&good, &sandbox)).unwrap();
+    s.signal("HUP");
+    s.wait_for("configuration reloaded");
+    let r = send("POST", &url, &[bearer(&bob)], b"").await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (429, "rate_limited"),
+        "bob is approved now, and the device's 1-per-10m slot taken before the reload still counts"
+    );
+    let other = s.url("finance-laptop", &tenant);
+    assert_eq!(
+        send("POST", &other, &[bearer(&bob)], b"").await.code(),
+        "device_not_in_allowed_group"
+    );
+
+    let m = send("GET", &format!("{}/metrics", s.admin), &[], b"").await;
+    let text = String::from_utf8_lossy(&m.body);
+    assert!(
+        text.contains("passgate_config_reloads_total{result=\"failure\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("passgate_config_reloads_total{result=\"success\"} 2"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_file_is_picked_up_without_a_signal() {
+    let sandbox = Sandbox::start(SampleTenant::contoso()).await.unwrap();
+    let tenant = sandbox.tenant().clone();
+    let s = Served::start(&sandbox, |y| {
+        y.replacen("server:\n", "server:\n  config_watch_seconds: 1\n", 1)
+    });
+    let bob = sandbox.operator_token("bob", Duration::from_secs(600));
+    let url = s.url("kiosk-phone", &tenant);
+    assert_eq!(send("POST", &url, &[bearer(&bob)], b"").await.status, 403);
+    let good = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(&s.config, allow_bob(&good, &sandbox)).unwrap();
+    s.wait_for("configuration reloaded");
+    assert_eq!(send("POST", &url, &[bearer(&bob)], b"").await.status, 204);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_closes_the_audit_log_and_exits_zero() {
+    let sandbox = Sandbox::start(SampleTenant::contoso()).await.unwrap();
+    let tenant = sandbox.tenant().clone();
+    let mut s = Served::start(&sandbox, |y| y);
+    let alice = sandbox.operator_token("alice", Duration::from_secs(600));
+    let url = s.url("kiosk-phone", &tenant);
+    for _ in 0..3 {
+        assert_eq!(send("POST", &url, &[bearer(&alice)], b"").await.status, 204);
+    }
+    s.signal("TERM");
+    let status = s.wait_exit();
+    assert_eq!(status.code(), Some(0), "clean exit");
+    let summary = passgate::audit::verify_file(&s.audit).expect("chain verifies after shutdown");
+    assert_eq!(summary.records, 6, "3 decisions + 3 outcomes, none torn");
+    // The listener is gone.
+    let refused = tokio::net::TcpStream::connect(s.gateway.trim_start_matches("http://")).await;
+    assert!(refused.is_err(), "no longer accepting");
+}
