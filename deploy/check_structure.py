@@ -269,5 +269,38 @@ for r in kz["resources"]:
 if ("deployment.yaml" in kz["resources"]) == ("statefulset.yaml" in kz["resources"]):
     err("kustomization: list exactly one of deployment.yaml and statefulset.yaml")
 
+# ---- Dockerfile (no engine needed: read the instructions) --------------------------------------
+with open(os.path.join(D, "Dockerfile")) as f:
+    dockerfile = f.read()
+if not dockerfile.startswith("# syntax=docker/dockerfile:1"):
+    err("Dockerfile: first line must be the BuildKit syntax directive (cache mounts need it)")
+instr = []
+for line in re.sub(r"\\\n", " ", dockerfile).splitlines():
+    line = line.strip()
+    if line and not line.startswith("#"):
+        op, _, rest = line.partition(" ")
+        instr.append((op.upper(), rest.strip()))
+args = {k: v for op, rest in instr if op == "ARG" and "=" in rest for k, v in [rest.split("=", 1)]}
+froms = [rest for op, rest in instr if op == "FROM"]
+final = instr[max(i for i, (op, _) in enumerate(instr) if op == "FROM"):]
+if len(froms) != 2 or not re.fullmatch(r"rust:\d+\.\d+-bookworm", args.get("RUST_IMAGE", "")):
+    err("Dockerfile: two stages, the builder pinned to rust:X.Y-bookworm")
+if args.get("RUNTIME_IMAGE") != "gcr.io/distroless/cc-debian12:nonroot":
+    err("Dockerfile: runtime must be gcr.io/distroless/cc-debian12:nonroot (glibc of bookworm)")
+if not any(op == "RUN" and "cargo build --release --locked" in rest for op, rest in instr):
+    err("Dockerfile: must build with cargo build --release --locked")
+last = {op: rest for op, rest in final}
+expect = {"USER": "65532:65532", "ENTRYPOINT": '["/usr/local/bin/passgate"]',
+          "CMD": '["serve", "--config", "/etc/passgate/passgate.yaml"]', "EXPOSE": "8443 9090",
+          "VOLUME": '["/var/lib/passgate"]'}
+for op, want in expect.items():
+    if last.get(op) != want:
+        err(f"Dockerfile: final stage {op} must be {want} (is {last.get(op)})")
+if any(op == "RUN" for op, _ in final):
+    err("Dockerfile: the distroless stage has no shell, RUN cannot work there")
+cmd = json.loads(last.get("CMD", "[]"))
+if cmd[-1:] != ["/etc/passgate/passgate.yaml"]:
+    err("Dockerfile: CMD must read /etc/passgate/passgate.yaml (what the Kubernetes pods mount)")
+
 print(f"  {len(errors)} problem(s); dashboard: {len(rules)} queries, alerts: {len(names)} rules")
 sys.exit(1 if errors else 0)
