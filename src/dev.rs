@@ -94,8 +94,11 @@ pub fn bind_to_sandbox(settings: &mut Settings, sandbox: &Sandbox, audit_log: &s
     ep.oidc_discovery_url = format!("{authority}/{tid}/v2.0/.well-known/openid-configuration");
     // The emulated Graph is a stand-in for graph.microsoft.com and wants that resource's scope.
     ep.graph_scope = "https://graph.microsoft.com/.default".into();
-    settings.app.client_secret = Some(SecretRef::Inline(sandbox.client_secret()));
-    settings.app.certificate = None;
+    // A config that names a certificate keeps it (tests register it with the emulator);
+    // otherwise the emulator's client secret is handed over in memory.
+    if settings.app.certificate.is_none() {
+        settings.app.client_secret = Some(SecretRef::Inline(sandbox.client_secret()));
+    }
     settings.audit.path = audit_log.display().to_string();
 }
 

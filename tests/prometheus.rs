@@ -8,23 +8,45 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn have(bin: &str) -> bool {
-    Command::new(bin).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+    Command::new(bin)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_the_admin_endpoint() {
     if !have("prometheus") {
-        assert!(std::env::var("PASSGATE_REQUIRE_TOOLS").is_err(), "prometheus missing: apt-get install prometheus");
+        assert!(
+            std::env::var("PASSGATE_REQUIRE_TOOLS").is_err(),
+            "prometheus missing: apt-get install prometheus"
+        );
         eprintln!("SKIPPED: prometheus not installed (apt-get install prometheus)");
         return;
     }
     let env = start().await;
     let alice = token(&env, "alice");
-    assert_eq!(send("POST", &action_url(&env, "kiosk-phone"), &[bearer(&alice)], b"").await.status, 204);
+    assert_eq!(
+        send(
+            "POST",
+            &action_url(&env, "kiosk-phone"),
+            &[bearer(&alice)],
+            b""
+        )
+        .await
+        .status,
+        204
+    );
     let admin = env.admin_url.clone().unwrap();
     let target = admin.trim_start_matches("http://");
     let dir = tempfile::tempdir().unwrap();
@@ -39,7 +61,10 @@ async fn prometheus_scrapes_the_admin_endpoint() {
     let port = free_port();
     let mut prom = Command::new("prometheus")
         .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -56,13 +81,20 @@ async fn prometheus_scrapes_the_admin_endpoint() {
         let q = format!("{api}/query?query=passgate_requests_total%7Bdecision%3D%22allow%22%7D");
         let r = tokio::time::timeout(Duration::from_secs(2), async {
             let client = client();
-            let req = http::Request::get(&q).body(http_body_util::Full::new(bytes::Bytes::new())).unwrap();
+            let req = http::Request::get(&q)
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
             client.request(req).await
         })
         .await;
         if let Ok(Ok(resp)) = r {
             use http_body_util::BodyExt;
-            let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
             last = String::from_utf8_lossy(&body).to_string();
             let v: serde_json::Value = serde_json::from_str(&last).unwrap_or_default();
             if v["data"]["result"][0]["value"][1] == "1" {
@@ -73,11 +105,14 @@ async fn prometheus_scrapes_the_admin_endpoint() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let targets = {
-        let req = http::Request::get(format!("{api}/targets")).body(http_body_util::Full::new(bytes::Bytes::new())).unwrap();
+        let req = http::Request::get(format!("{api}/targets"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
         match client().request(req).await {
             Ok(resp) => {
                 use http_body_util::BodyExt;
-                String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).to_string()
+                String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes())
+                    .to_string()
             }
             Err(e) => e.to_string(),
         }
