@@ -131,11 +131,11 @@ fn write_policy(o: &mut String, n: usize, p: &PolicySettings) -> std::fmt::Resul
 
 fn limit(l: &Limit) -> String {
     let w = l.window.as_secs();
-    let span = if w % 86_400 == 0 {
+    let span = if w.is_multiple_of(86_400) {
         format!("{}d", w / 86_400)
-    } else if w % 3600 == 0 {
+    } else if w.is_multiple_of(3600) {
         format!("{}h", w / 3600)
-    } else if w % 60 == 0 {
+    } else if w.is_multiple_of(60) {
         format!("{}m", w / 60)
     } else {
         format!("{w}s")

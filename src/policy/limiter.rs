@@ -236,11 +236,11 @@ fn round_up_secs(d: Duration) -> Duration {
 
 fn describe(scope: LimitScope, window: Duration) -> String {
     let w = window.as_secs();
-    let span = if w % 86_400 == 0 {
+    let span = if w.is_multiple_of(86_400) {
         format!("{} d", w / 86_400)
-    } else if w % 3600 == 0 {
+    } else if w.is_multiple_of(3600) {
         format!("{} h", w / 3600)
-    } else if w % 60 == 0 {
+    } else if w.is_multiple_of(60) {
         format!("{} min", w / 60)
     } else {
         format!("{w} s")
