@@ -1,6 +1,7 @@
 //! The audit line format and hash rule, shared by the writer (which builds lines) and the
 //! verifier (which re-checks them on raw bytes). Nothing here may re-serialise JSON to check a hash.
 
+use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -32,8 +33,31 @@ impl LineKind {
     }
 }
 
+/// The `alg` header value of a keyed line. A line without `alg` is hashed with plain SHA-256.
+pub(crate) const ALG_HMAC_SHA256: &str = "hmac-sha256";
+
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
+}
+
+pub(crate) fn hmac_sha256_hex(key: &[u8], bytes: &[u8]) -> String {
+    // HMAC accepts keys of any length (long keys are hashed first), so this cannot fail; the
+    // fallback keeps the function total without a panic path.
+    match Hmac::<Sha256>::new_from_slice(key) {
+        Ok(mut mac) => {
+            mac.update(bytes);
+            hex::encode(mac.finalize().into_bytes())
+        }
+        Err(_) => sha256_hex(bytes),
+    }
+}
+
+/// The line hash: keyed (HMAC-SHA256) when a key is given, plain SHA-256 otherwise.
+pub(crate) fn line_hash(key: Option<&[u8]>, bytes: &[u8]) -> String {
+    match key {
+        Some(k) => hmac_sha256_hex(k, bytes),
+        None => sha256_hex(bytes),
+    }
 }
 
 /// Serialises a record struct and returns its fields without the enclosing braces, ready to be
@@ -52,23 +76,31 @@ pub(crate) fn record_fields<T: serde::Serialize>(rec: &T) -> Result<String, serd
 
 /// Appends one complete line (with its `\n`) to `out` and returns its hash.
 ///
-/// `body` = `{"v":1,"seq":N,"time":"T","kind":"K","prev":"P"` + (`,` + fields if any);
-/// `hash` = hex SHA-256 of `body`'s bytes; line = `body` + `,"hash":"` + hash + `"}` + `\n`.
+/// - `body` = `{"v":1,` + (`"alg":"hmac-sha256",` if keyed) +
+///   `"seq":N,"time":"T","kind":"K","prev":"P"` + (`,` + fields if any);
+/// - `hash` = hex SHA-256 (or HMAC-SHA256 with `key`) of `body`'s bytes;
+/// - line = `body` + `,"hash":"` + hash + `"}` + `\n`.
 pub(crate) fn build_line(
     out: &mut Vec<u8>,
-    seq: u64,
-    time: &str,
-    kind: LineKind,
-    prev: &str,
+    line: LineParts<'_>,
     fields: &str,
+    key: Option<&[u8]>,
 ) -> String {
     let start = out.len();
+    let alg = if key.is_some() {
+        format!("\"alg\":\"{ALG_HMAC_SHA256}\",")
+    } else {
+        String::new()
+    };
     // `time`, `kind` and `prev` are produced by the writer (RFC 3339, fixed words, hex) and
     // need no JSON escaping.
     out.extend_from_slice(
         format!(
-            "{{\"v\":1,\"seq\":{seq},\"time\":\"{time}\",\"kind\":\"{}\",\"prev\":\"{prev}\"",
-            kind.as_str()
+            "{{\"v\":1,{alg}\"seq\":{},\"time\":\"{}\",\"kind\":\"{}\",\"prev\":\"{}\"",
+            line.seq,
+            line.time,
+            line.kind.as_str(),
+            line.prev,
         )
         .as_bytes(),
     );
@@ -76,25 +108,39 @@ pub(crate) fn build_line(
         out.push(b',');
         out.extend_from_slice(fields.as_bytes());
     }
-    let hash = sha256_hex(&out[start..]);
+    let hash = line_hash(key, &out[start..]);
     out.extend_from_slice(HASH_PREFIX);
     out.extend_from_slice(hash.as_bytes());
     out.extend_from_slice(b"\"}\n");
     hash
 }
 
+/// The writer-assigned header of a line to build.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LineParts<'a> {
+    pub seq: u64,
+    pub time: &'a str,
+    pub kind: LineKind,
+    pub prev: &'a str,
+}
+
 /// The chain-relevant header of a line that passed every per-line check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ParsedLine {
     pub seq: u64,
+    pub time: String,
     pub kind: String,
     pub prev: String,
     pub hash: String,
+    /// The line carries `"alg":"hmac-sha256"` and its HMAC was checked with the given key.
+    pub keyed: bool,
 }
 
 #[derive(Deserialize)]
 struct Header {
     v: u32,
+    #[serde(default)]
+    alg: Option<String>,
     seq: u64,
     time: String,
     kind: String,
@@ -107,8 +153,13 @@ fn is_lower_hex64(b: &[u8]) -> bool {
 }
 
 /// Checks one line (without its `\n`) on its own: shape, JSON, header fields, and that its
-/// hash recomputes over the raw bytes. Chain checks (seq, prev) are the caller's.
-pub(crate) fn parse_line(line: &[u8]) -> Result<ParsedLine, (BreakKind, String)> {
+/// hash recomputes over the raw bytes — HMAC-SHA256 with `key` if the line says
+/// `"alg":"hmac-sha256"`, plain SHA-256 if it has no `alg`. Whether a plain line is acceptable
+/// where keyed ones are expected, and the chain checks (seq, prev), are the caller's.
+pub(crate) fn parse_line(
+    line: &[u8],
+    key: Option<&[u8]>,
+) -> Result<ParsedLine, (BreakKind, String)> {
     let n = line.len();
     let shape_err = || {
         (
@@ -155,20 +206,47 @@ pub(crate) fn parse_line(line: &[u8]) -> Result<ParsedLine, (BreakKind, String)>
     if chrono::DateTime::parse_from_rfc3339(&header.time).is_err() {
         return Err((BreakKind::Unparseable, "time is not RFC 3339".into()));
     }
-    let computed = sha256_hex(body);
+    let keyed = match header.alg.as_deref() {
+        None => false,
+        Some(ALG_HMAC_SHA256) => true,
+        Some(other) => {
+            return Err((
+                BreakKind::Unparseable,
+                format!("unknown hash algorithm alg={other:?}"),
+            ))
+        }
+    };
+    let computed = if keyed {
+        let Some(key) = key else {
+            return Err((
+                BreakKind::KeyRequired,
+                "the record is keyed (alg hmac-sha256); its hash can only be checked with the HMAC key".into(),
+            ));
+        };
+        hmac_sha256_hex(key, body)
+    } else {
+        sha256_hex(body)
+    };
     if computed != header.hash {
-        return Err((
-            BreakKind::BadHash,
+        let detail = if keyed {
+            format!(
+                "stored HMAC {} does not match the line's bytes under the given key (edited line, or wrong key)",
+                header.hash
+            )
+        } else {
             format!(
                 "stored hash {} but the line hashes to {computed}",
                 header.hash
-            ),
-        ));
+            )
+        };
+        return Err((BreakKind::BadHash, detail));
     }
     Ok(ParsedLine {
         seq: header.seq,
+        time: header.time,
         kind: header.kind,
         prev: header.prev,
         hash: header.hash,
+        keyed,
     })
 }

@@ -8,25 +8,34 @@
 //!
 //! ```text
 //! {"v":1,"seq":N,"time":"2026-11-28T16:30:39.123Z","kind":"decision","prev":"<64 hex>",<record fields>,"hash":"<64 hex>"}
+//! {"v":1,"alg":"hmac-sha256","seq":N,"time":…,"kind":…,"prev":…,<record fields>,"hash":"<64 hex>"}
 //! ```
 //!
 //! - `kind` is `decision` ([`DecisionRecord`] fields), `outcome` ([`OutcomeRecord`] fields) or
 //!   `recovery` ([`RecoveryRecord`] fields, written by the writer after cutting a torn tail).
 //!   Record fields follow in struct declaration order; `None` is written as `null`.
 //! - `seq` starts at 1 and increases by exactly 1; `prev` is the previous line's `hash`, or 64
-//!   zeros ([`GENESIS_PREV`]) for the first record of a fresh file. The writer assigns `seq`,
-//!   `time` (RFC 3339 UTC, milliseconds), `prev` and `hash`.
+//!   zeros ([`GENESIS_PREV`]) for the first record of a fresh chain. The writer assigns `seq`,
+//!   `time` (RFC 3339 UTC, milliseconds), `prev` and `hash`. The chain runs on across rotated
+//!   files (see [`writer`]): a new file's first record continues the old file's last.
+//! - `alg` is present only on keyed lines (`audit.hmac_key` set).
+//! - `docs/audit-record.schema.json` is the JSON Schema of every kind; `docs/audit-ocsf.md` maps
+//!   the fields to OCSF API Activity.
 //!
 //! # Hash rule
 //!
 //! Every line (without its `\n`) ends with exactly `,"hash":"` + 64 lowercase hex + `"}`, a fixed
-//! 75-byte suffix. `hash` is the lowercase hex SHA-256 of the line's raw bytes *before* that
-//! suffix — i.e. of everything up to, not including, the final `,"hash":"`. The verifier applies
-//! this to the bytes as read; no JSON is re-serialised, so there is no canonical-form ambiguity.
+//! 75-byte suffix. `hash` is the lowercase hex SHA-256 — or, on a line with
+//! `"alg":"hmac-sha256"`, the hex HMAC-SHA256 under the configured key — of the line's raw bytes
+//! *before* that suffix, i.e. of everything up to, not including, the final `,"hash":"`. The
+//! verifier applies this to the bytes as read; no JSON is re-serialised, so there is no
+//! canonical-form ambiguity. Without the key, nobody who can write the file can rebuild a chain
+//! that a keyed verification accepts.
 
 pub mod cli;
 mod line;
 pub mod record;
+pub mod search;
 pub mod verify;
 pub mod writer;
 
@@ -38,7 +47,12 @@ pub use record::{
     Decision, DecisionRecord, DeviceRecord, OperatorRecord, OutcomeRecord, RecoveryRecord,
     TargetRecord, MAX_PATH_BYTES,
 };
+pub use search::{search, Format, Hit, SearchError, SearchFilter, SearchResult};
 pub use verify::{
-    verify_file, verify_file_from, BreakKind, ChainBreak, VerifyError, VerifySummary,
+    verify_file, verify_file_from, verify_set, BreakKind, ChainBreak, FileSummary, SetError,
+    SetSummary, VerifyError, VerifyOptions, VerifySummary,
 };
-pub use writer::{AuditError, AuditLog, AuditReceipt, AuditStats};
+pub use writer::{
+    AuditError, AuditLog, AuditOptions, AuditOptionsError, AuditReceipt, AuditStats, FsyncObserver,
+    MIN_HMAC_KEY_BYTES,
+};

@@ -550,3 +550,132 @@ async fn reopen_finds_the_head_when_the_last_line_spans_read_chunks() {
     assert_eq!(field(&lines(&path)[2], "prev"), last.hash());
     assert_eq!(verify_file(&path).unwrap().records, 3);
 }
+
+#[test]
+fn rotated_names_sort_in_chain_order_and_parse_back() {
+    use chrono::TimeZone;
+    let base = Path::new("/var/lib/passgate/audit.jsonl");
+    let t = chrono::Utc
+        .with_ymd_and_hms(2026, 11, 28, 17, 1, 2)
+        .unwrap();
+    let a = writer::rotated_name(base, t, 9);
+    let b = writer::rotated_name(base, t, 10);
+    let c = writer::rotated_name(base, t + chrono::Duration::seconds(1), 11);
+    assert_eq!(
+        a.to_str().unwrap(),
+        "/var/lib/passgate/audit.jsonl.20261128T170102Z.00000000000000000009"
+    );
+    // Same second: the zero-padded seq still sorts them; a later second sorts after.
+    assert!(a < b && b < c);
+    let name = |p: &Path| p.file_name().unwrap().to_owned();
+    let base_name = std::ffi::OsStr::new("audit.jsonl");
+    assert_eq!(writer::rotated_seq(base_name, &name(&b)), Some(10));
+    for not_rotated in [
+        "audit.jsonl",
+        "audit.jsonl.torn-1764349262",
+        "audit.jsonl.20261128T170102Z.9",
+        "audit.jsonl.2026112XT170102Z.00000000000000000009",
+        "other.jsonl.20261128T170102Z.00000000000000000009",
+        "audit.jsonl.20261128T170102Z.00000000000000000009.gz",
+    ] {
+        assert_eq!(
+            writer::rotated_seq(base_name, std::ffi::OsStr::new(not_rotated)),
+            None,
+            "{not_rotated}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn size_rotation_keeps_batches_whole_and_links_files() {
+    let (dir, path) = tmp_log();
+    let log = AuditLog::open_with(
+        &path,
+        AuditOptions {
+            rotate_max_bytes: Some(4000),
+            ..AuditOptions::default()
+        },
+    )
+    .unwrap();
+    // Hold the writer so 20 records (~17 KB) form one batch: it must land in one file even
+    // though it is far past the limit.
+    log.test_hooks().close_gate();
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let log = log.clone();
+            tokio::spawn(async move { log.record_decision(decision(&format!("b{i}"))).await })
+        })
+        .collect();
+    while log
+        .test_hooks()
+        .enqueued
+        .load(std::sync::atomic::Ordering::SeqCst)
+        < 20
+    {
+        tokio::task::yield_now().await;
+    }
+    log.test_hooks().open_gate();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    // All 20 went into the first (empty) file as one batch; the next record rotates first.
+    let after_batch = log.record_decision(decision("next")).await.unwrap();
+    log.close();
+    assert_eq!(after_batch.seq(), 21);
+    let mut rotated: Vec<PathBuf> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p != &path)
+        .collect();
+    rotated.sort();
+    let counts: Vec<usize> = rotated.iter().map(|p| lines(p).len()).collect();
+    assert_eq!(counts.iter().sum::<usize>(), 20, "{counts:?}");
+    assert_eq!(counts, [20], "one batch, one file");
+    let cur = lines(&path);
+    assert_eq!(cur.len(), 1);
+    let last_rotated = lines(rotated.last().unwrap());
+    assert_eq!(
+        field(&cur[0], "prev"),
+        field(last_rotated.last().unwrap(), "hash")
+    );
+    let mut all = rotated.clone();
+    all.push(path.clone());
+    let s = verify_set(&all, &VerifyOptions::default()).unwrap();
+    assert_eq!((s.records, s.last_seq), (21, 21));
+    assert_eq!(log.stats().rotations, rotated.len() as u64);
+}
+
+#[tokio::test]
+async fn keyed_lines_carry_alg_and_an_hmac() {
+    let (_dir, path) = tmp_log();
+    let key = b"k".repeat(32);
+    let log = AuditLog::open_with(
+        &path,
+        AuditOptions {
+            hmac_key: Some(key.clone()),
+            ..AuditOptions::default()
+        },
+    )
+    .unwrap();
+    let r = log.record_decision(decision("r0")).await.unwrap();
+    log.close();
+    let line = &lines(&path)[0];
+    assert!(line.starts_with("{\"v\":1,\"alg\":\"hmac-sha256\",\"seq\":1,\"time\":\""));
+    let cut = line.rfind(",\"hash\":\"").unwrap();
+    let expect = super::line::hmac_sha256_hex(&key, &line.as_bytes()[..cut]);
+    assert_eq!(r.hash(), expect);
+    assert_ne!(expect, super::line::sha256_hex(&line.as_bytes()[..cut]));
+    // The single-file verifier has no key: it says so rather than passing or calling it forged.
+    assert_eq!(expect_break(&path).kind, BreakKind::KeyRequired);
+    // Reopening with the wrong key refuses: it cannot vouch for its own tail.
+    match AuditLog::open_with(
+        &path,
+        AuditOptions {
+            hmac_key: Some(b"x".repeat(32)),
+            ..AuditOptions::default()
+        },
+    ) {
+        Err(AuditError::CorruptTail { detail, .. }) => assert!(detail.contains("bad_hash")),
+        other => panic!("{other:?}"),
+    }
+}

@@ -9,6 +9,11 @@ use crate::policy::{Limit, LimitScope, PolicySettings};
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
+/// Smallest accepted `audit.rotate_max_bytes`.
+const MIN_AUDIT_ROTATE_BYTES: u64 = 65_536;
+/// Smallest accepted `audit.rotate_max_age_seconds`.
+const MIN_AUDIT_ROTATE_AGE_SECONDS: u64 = 60;
+
 /// A config problem, located when possible. Display is exactly
 /// `{origin}:{line}:{column}: {message}` (or `{origin}: {message}`), plus `\n  hint: {hint}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,6 +255,7 @@ impl Validator<'_> {
             &raw.audit.path,
             "the JSON Lines audit file, e.g. /var/lib/passgate/audit.jsonl",
         )?;
+        self.audit_rotation(&raw.audit)?;
 
         let policies = self.policies(&raw.policies)?;
 
@@ -652,6 +658,32 @@ impl Validator<'_> {
         crate::routes::guid(t).ok_or_else(|| {
             self.err(path, true, format!("`{t}` is not a GUID"), &format!("write {what}: 8-4-4-4-12 hex digits, e.g. 00000000-0000-0000-0000-000000000000"))
         })
+    }
+
+    /// Rotation limits small enough to spray thousands of files are almost surely a unit mistake.
+    fn audit_rotation(&self, a: &super::schema::AuditConfig) -> R<()> {
+        let ap = KeyPath::root().key("audit");
+        if a.rotate_max_bytes
+            .is_some_and(|b| b < MIN_AUDIT_ROTATE_BYTES)
+        {
+            return Err(self.err(
+                &ap.key("rotate_max_bytes"),
+                true,
+                format!("must be at least {MIN_AUDIT_ROTATE_BYTES} bytes"),
+                "the value is in bytes, e.g. 104857600 for 100 MiB; leave it out to never rotate by size",
+            ));
+        }
+        if a.rotate_max_age_seconds
+            .is_some_and(|s| s < MIN_AUDIT_ROTATE_AGE_SECONDS)
+        {
+            return Err(self.err(
+                &ap.key("rotate_max_age_seconds"),
+                true,
+                format!("must be at least {MIN_AUDIT_ROTATE_AGE_SECONDS} seconds"),
+                "the value is in seconds, e.g. 86400 for daily files; leave it out to never rotate by age",
+            ));
+        }
+        Ok(())
     }
 
     fn non_empty(&self, path: &KeyPath, s: &str, what: &str) -> R<()> {

@@ -286,6 +286,15 @@ fn default_refresh_ahead() -> u64 {
 pub struct AuditConfig {
     /// JSON Lines audit file; created if missing, appended to otherwise.
     pub path: String,
+    /// Rotate before the file would grow past this many bytes (e.g. 104857600). Unset: never.
+    #[serde(default)]
+    pub rotate_max_bytes: Option<u64>,
+    /// Rotate once the file's first record is this many seconds old (e.g. 86400). Unset: never.
+    #[serde(default)]
+    pub rotate_max_age_seconds: Option<u64>,
+    /// Key for an HMAC-SHA256 keyed chain (`env:NAME` or `file:PATH`). Unset: plain SHA-256.
+    #[serde(default)]
+    pub hmac_key: Option<SecretRef>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
