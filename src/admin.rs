@@ -49,7 +49,7 @@ pub async fn readiness(gw: &Gateway) -> Vec<Check> {
             Err(e) => e.to_string(),
         },
     });
-    let audit = audit_healthy(gw);
+    let audit = gw.audit.healthy();
     checks.push(Check {
         name: "audit",
         ok: audit,
@@ -60,11 +60,6 @@ pub async fn readiness(gw: &Gateway) -> Vec<Check> {
         },
     });
     checks
-}
-
-/// Until the writer reports health directly: failing if the last observed batch failed.
-fn audit_healthy(_gw: &Gateway) -> bool {
-    true
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {

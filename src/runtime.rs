@@ -29,11 +29,17 @@ pub struct Shared {
 impl Shared {
     /// Opens the audit log named by the settings and creates fresh limiter and metrics.
     pub fn open(settings: &Settings) -> Result<Shared, StartError> {
-        let audit = AuditLog::open(Path::new(&settings.audit.path))
+        // The error names the env var or file of the HMAC key, never the key.
+        let opts = crate::audit::AuditOptions::from_config(&settings.audit)
+            .map_err(|e| StartError::Audit(e.to_string()))?;
+        let audit = AuditLog::open_with(Path::new(&settings.audit.path), opts)
             .map_err(|e| StartError::Audit(format!("{}: {e}", settings.audit.path)))?;
+        let metrics = Metrics::new();
+        let fsync = metrics.audit_fsync.clone();
+        audit.set_fsync_observer(Arc::new(move |d: Duration| fsync.observe(d.as_secs_f64())));
         Ok(Shared {
             limiter: Arc::new(RateLimiter::new()),
-            metrics: Metrics::new(),
+            metrics,
             audit,
         })
     }

@@ -3,8 +3,8 @@
 //! policy name, stage, status class. Never an operator, a device id or a token.
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ pub struct Metrics {
     pub jwks_refreshes: IntCounterVec,
     pub facts_cache: IntCounterVec,
     pub audit_records: IntCounter,
-    pub audit_fsync: HistogramVec,
+    pub audit_fsync: Histogram,
     pub audit_write_failures: IntCounter,
     pub config_reloads: IntCounterVec,
     pub config_last_reload_success: Gauge,
@@ -151,13 +151,16 @@ impl Metrics {
         .expect("static metric definition");
         r.register(Box::new(audit_records.clone()))
             .expect("metric registered once");
-        let audit_fsync = histogram(
-            &r,
-            "passgate_audit_fsync_duration_seconds",
-            "Duration of each audit group-commit fsync.",
-            &[],
-            FSYNC_BUCKETS,
-        );
+        let audit_fsync = Histogram::with_opts(
+            HistogramOpts::new(
+                "passgate_audit_fsync_duration_seconds",
+                "Duration of each audit group-commit fsync.",
+            )
+            .buckets(FSYNC_BUCKETS.to_vec()),
+        )
+        .expect("static metric definition");
+        r.register(Box::new(audit_fsync.clone()))
+            .expect("metric registered once");
         let audit_write_failures = IntCounter::new(
             "passgate_audit_write_failures_total",
             "Audit batches that could not be written or fsynced (requests in them failed closed).",

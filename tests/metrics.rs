@@ -229,6 +229,8 @@ async fn counters_and_histograms_follow_real_traffic() {
     // 9 decision records + 3 outcome records, all durable.
     assert_eq!(value(&m, "passgate_audit_records_total", &[]), 12.0);
     assert_eq!(value(&m, "passgate_audit_write_failures_total", &[]), 0.0);
+    let fsyncs = value(&m, "passgate_audit_fsync_duration_seconds_count", &[]);
+    assert!((1.0..=12.0).contains(&fsyncs), "fsyncs observed: {fsyncs}");
     assert_eq!(value(&m, "passgate_in_flight_requests", &[]), 0.0);
     for line in m.lines().filter(|l| !l.starts_with('#')) {
         for secret in [alice.as_str(), bob.as_str()] {

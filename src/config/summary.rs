@@ -82,7 +82,23 @@ fn write_summary(o: &mut String, s: &Settings) -> std::fmt::Result {
         },
         g.token_refresh_ahead_seconds
     )?;
-    writeln!(o, "audit         {}", s.audit.path)?;
+    let mut audit_extra = Vec::new();
+    if let Some(b) = s.audit.rotate_max_bytes {
+        audit_extra.push(format!("rotate at {b} bytes"));
+    }
+    if let Some(a) = s.audit.rotate_max_age_seconds {
+        audit_extra.push(format!("rotate every {a}s"));
+    }
+    if let Some(k) = &s.audit.hmac_key {
+        // The reference only (env:NAME / file:PATH); never the key.
+        audit_extra.push(format!("HMAC-keyed chain ({k:?})"));
+    }
+    let extra = if audit_extra.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", audit_extra.join(", "))
+    };
+    writeln!(o, "audit         {}{extra}", s.audit.path)?;
     writeln!(o, "policies      {} (first match wins)", s.policies.len())?;
     for (i, p) in s.policies.iter().enumerate() {
         write_policy(o, i + 1, p)?;
