@@ -53,6 +53,8 @@ pub struct DevEnv {
     pub gateway_url: String,
     pub audit_log: PathBuf,
     pub settings: Settings,
+    /// The listener's TLS configuration when the config has `server.tls` (tests call `reload_now`).
+    pub tls: Option<Arc<server::TlsReloader>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     pub served: tokio::task::JoinHandle<()>,
 }
@@ -111,6 +113,8 @@ pub async fn start(opts: DevOptions) -> Result<DevEnv, DevError> {
     };
     bind_to_sandbox(&mut settings, &sandbox, &audit_log);
     let gateway = server::build_gateway(&settings, Arc::new(RateLimiter::new())).await?;
+    let serve_opts = server::ServeOptions::from_settings(&settings)?;
+    let tls = serve_opts.tls.clone();
     let listener = server::bind(&opts.listen).await?;
     let addr = listener
         .local_addr()
@@ -119,12 +123,19 @@ pub async fn start(opts: DevOptions) -> Result<DevEnv, DevError> {
             source,
         })?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(server::serve(Arc::new(gateway), listener, None, async {
-        let _ = rx.await;
-    }));
+    let served = tokio::spawn(server::serve(
+        Arc::new(gateway),
+        listener,
+        serve_opts,
+        async {
+            let _ = rx.await;
+        },
+    ));
+    let scheme = if tls.is_some() { "https" } else { "http" };
     Ok(DevEnv {
         sandbox,
-        gateway_url: format!("http://{addr}"),
+        gateway_url: format!("{scheme}://{addr}"),
+        tls,
         audit_log,
         settings,
         shutdown: Some(tx),

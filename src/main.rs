@@ -125,14 +125,11 @@ async fn serve(path: &std::path::Path) -> ExitCode {
     };
     let run = async {
         let gateway = server::build_gateway(&settings, Arc::new(RateLimiter::new())).await?;
-        let tls = match &settings.tls {
-            Some(t) => Some(server::tls_acceptor(&t.cert_file, &t.key_file)?),
-            None => None,
-        };
+        let opts = server::ServeOptions::from_settings(&settings)?;
         let listener = server::bind(&settings.listen).await?;
-        tracing::info!(listen = %settings.listen, tls = tls.is_some(), "passgate serving");
+        tracing::info!(listen = %settings.listen, tls = opts.tls.is_some(), "passgate serving");
         let gateway = Arc::new(gateway);
-        server::serve(gateway.clone(), listener, tls, shutdown_signal()).await;
+        server::serve(gateway.clone(), listener, opts, shutdown_signal()).await;
         gateway.audit.close();
         Ok::<(), server::StartError>(())
     };
