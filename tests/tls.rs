@@ -470,3 +470,24 @@ fn missing_or_broken_tls_files_fail_at_start() {
     assert!(e.to_string().contains("private key"), "{e}");
     assert!(!e.to_string().contains("BEGIN"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_handshake_is_cut_off() {
+    let pki = Pki::new();
+    let text = pki.config(false).replacen(
+        "  tls:\n",
+        "  limits:\n    tls_handshake_timeout_seconds: 1\n  tls:\n",
+        1,
+    );
+    let env = start_with(Some(text)).await;
+    // Half a ClientHello record header, then nothing.
+    let mut s = TcpStream::connect(addr(&env)).await.unwrap();
+    let started = std::time::Instant::now();
+    s.write_all(&[0x16, 0x03]).await.unwrap();
+    let mut got = Vec::new();
+    let r = tokio::time::timeout(BOUND, s.read_to_end(&mut got)).await;
+    assert!(r.is_ok(), "connection closed within {BOUND:?}");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    no_calls(&env);
+    env.stop().await;
+}
