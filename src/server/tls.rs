@@ -314,7 +314,7 @@ fn tlv(input: &[u8]) -> Option<Tlv<'_>> {
     Some((tag, &rest[..len], &input[..header + len], &rest[len..]))
 }
 
-fn expect(input: &[u8], want: u8) -> Option<(&[u8], &[u8])> {
+fn tagged(input: &[u8], want: u8) -> Option<(&[u8], &[u8])> {
     let (tag, body, _, rest) = tlv(input)?;
     (tag == want).then_some((body, rest))
 }
@@ -416,27 +416,27 @@ fn escape(v: &str) -> String {
 /// The subject of a DER certificate as an RFC 4514 string: RDNs in reverse order, e.g.
 /// `CN=helpdesk-01,O=Contoso`. `None` if the DER does not have the expected shape.
 pub fn subject_rfc4514(cert_der: &[u8]) -> Option<String> {
-    let (cert, _) = expect(cert_der, 0x30)?;
-    let (tbs, _) = expect(cert, 0x30)?;
+    let (cert, _) = tagged(cert_der, 0x30)?;
+    let (tbs, _) = tagged(cert, 0x30)?;
     let mut rest = tbs;
     // version [0] EXPLICIT, optional
     if let Some((0xa0, _, _, r)) = tlv(rest) {
         rest = r;
     }
-    let (_, rest) = expect(rest, 0x02)?; // serialNumber
-    let (_, rest) = expect(rest, 0x30)?; // signature AlgorithmIdentifier
-    let (_, rest) = expect(rest, 0x30)?; // issuer
-    let (_, rest) = expect(rest, 0x30)?; // validity
-    let (mut name, _) = expect(rest, 0x30)?; // subject
+    let (_, rest) = tagged(rest, 0x02)?; // serialNumber
+    let (_, rest) = tagged(rest, 0x30)?; // signature AlgorithmIdentifier
+    let (_, rest) = tagged(rest, 0x30)?; // issuer
+    let (_, rest) = tagged(rest, 0x30)?; // validity
+    let (mut name, _) = tagged(rest, 0x30)?; // subject
     let mut rdns = Vec::new();
     while !name.is_empty() {
-        let (mut set, r) = expect(name, 0x31)?;
+        let (mut set, r) = tagged(name, 0x31)?;
         name = r;
         let mut avas = Vec::new();
         while !set.is_empty() {
-            let (ava, r) = expect(set, 0x30)?;
+            let (ava, r) = tagged(set, 0x30)?;
             set = r;
-            let (oid, ava_rest) = expect(ava, 0x06)?;
+            let (oid, ava_rest) = tagged(ava, 0x06)?;
             let (vtag, vbody, whole, _) = tlv(ava_rest)?;
             let oid = oid_string(oid)?;
             let text = match (short_name(&oid), string_value(vtag, vbody)) {
