@@ -446,3 +446,35 @@ async fn over_the_connection_limit_clients_wait_instead_of_being_served_concurre
     no_calls(&env);
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_are_closed_after_the_idle_timeout() {
+    use http_body_util::{BodyExt, Empty};
+    let env = start_with(Some(with_server(
+        "  limits:\n    idle_timeout_seconds: 1\n",
+    )))
+    .await;
+    // HTTP/2 with prior knowledge on the plain listener.
+    let io = hyper_util::rt::TokioIo::new(connect(&env).await);
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::post(format!(
+        "http://passgate{}",
+        action_path(&env, "kiosk-phone")
+    ))
+    .body(Empty::<bytes::Bytes>::new())
+    .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 401, "h2 requests reach the pipeline");
+    assert!(resp.headers().get("server").is_none());
+    let _ = resp.into_body().collect().await;
+    let started = Instant::now();
+    let ended = tokio::time::timeout(BOUND, conn).await;
+    assert!(ended.is_ok(), "idle h2 connection closed by the server");
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    no_calls(&env);
+    env.stop().await;
+}
