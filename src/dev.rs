@@ -58,6 +58,8 @@ pub struct DevEnv {
     pub settings: Settings,
     /// Admin endpoints (`/metrics`, `/healthz`, `/readyz`), when started.
     pub admin_url: Option<String>,
+    /// The listener's TLS configuration when the config has `server.tls` (tests call `reload_now`).
+    pub tls: Option<Arc<server::TlsReloader>>,
     /// The running gateway (tests read its metrics; `live.get()`).
     pub live: Arc<Live>,
     shutdown: tokio::sync::watch::Sender<bool>,
@@ -152,10 +154,19 @@ pub async fn start(opts: DevOptions) -> Result<DevEnv, DevError> {
         }
         None => None,
     };
-    let served = tokio::spawn(server::serve(live.clone(), listener, None, stopped(rx)));
+    let serve_opts = server::ServeOptions::from_settings(&settings)?;
+    let tls = serve_opts.tls.clone();
+    let served = tokio::spawn(server::serve(
+        live.clone(),
+        listener,
+        serve_opts,
+        stopped(rx),
+    ));
+    let scheme = if tls.is_some() { "https" } else { "http" };
     Ok(DevEnv {
         sandbox,
-        gateway_url: format!("http://{addr}"),
+        gateway_url: format!("{scheme}://{addr}"),
+        tls,
         admin_url,
         audit_log,
         settings,

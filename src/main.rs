@@ -191,10 +191,8 @@ async fn serve(path: &std::path::Path) -> ExitCode {
     let run = async {
         let shared = Shared::open(&settings)?;
         let live = Live::new(runtime::build_gateway(&settings, &shared).await?);
-        let tls = match &settings.tls {
-            Some(t) => Some(server::tls_acceptor(&t.cert_file, &t.key_file)?),
-            None => None,
-        };
+        let opts = server::ServeOptions::from_settings(&settings)?;
+        let tls = opts.tls.is_some();
         let listener = server::bind(&settings.listen).await?;
         let bound = listener
             .local_addr()
@@ -223,9 +221,13 @@ async fn serve(path: &std::path::Path) -> ExitCode {
         if watch_every > 0 {
             tokio::spawn(reloader.clone().watch(Duration::from_secs(watch_every)));
         }
-        let mut serving =
-            tokio::spawn(server::serve(live.clone(), listener, tls, stopped(stop_rx)));
-        tracing::info!(listen = %bound, pid = std::process::id(), "passgate serving");
+        let mut serving = tokio::spawn(server::serve(
+            live.clone(),
+            listener,
+            opts,
+            stopped(stop_rx),
+        ));
+        tracing::info!(listen = %bound, tls, pid = std::process::id(), "passgate serving");
 
         while let Signal::Reload = signals.next().await {
             let _ = reloader.reload().await;

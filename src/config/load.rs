@@ -4,7 +4,7 @@
 
 use super::locate::{KeyPath, Locator, Pos};
 use super::schema::{Cloud, Config, DeviceMatch, OperatorMatch, PolicyConfig};
-use super::settings::{Endpoints, OperatorAuthSettings, Settings};
+use super::settings::{Endpoints, OperatorAuthSettings, ServerSettings, Settings};
 use crate::policy::{Limit, LimitScope, PolicySettings};
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -175,19 +175,7 @@ impl Validator<'_> {
                 "write an IP address and port, e.g. `0.0.0.0:8443`, `127.0.0.1:8080` or `[::]:8443` (host names are not resolved here)",
             ));
         }
-        if let Some(tls) = &raw.server.tls {
-            let tp = server.key("tls");
-            self.non_empty(
-                &tp.key("cert_file"),
-                &tls.cert_file,
-                "the PEM certificate chain file for the listener",
-            )?;
-            self.non_empty(
-                &tp.key("key_file"),
-                &tls.key_file,
-                "the PEM private key file for the listener",
-            )?;
-        }
+        let server_settings = self.server(&raw)?;
 
         let tenant_id = self.guid(&root.key("tenant_id"), &raw.tenant_id, "the Directory (tenant) ID from the Entra admin center (Overview page); not the domain name")?;
 
@@ -278,6 +266,7 @@ impl Validator<'_> {
             listen,
             admin_listen,
             tls: raw.server.tls.clone(),
+            server: server_settings,
             tenant_id,
             endpoints,
             operator_auth,
@@ -684,6 +673,141 @@ impl Validator<'_> {
             ));
         }
         Ok(())
+    }
+
+    /// `server:` beyond `listen`: TLS or explicit plaintext, limits, trusted proxies.
+    fn server(&self, raw: &Config) -> R<ServerSettings> {
+        let server = KeyPath::root().key("server");
+        let sc = &raw.server;
+        let mut reload = Duration::from_secs(10);
+        match (&sc.tls, sc.plaintext) {
+            (Some(_), true) => {
+                return Err(self.err(
+                    &server.key("plaintext"),
+                    false,
+                    "both `tls` and `plaintext: true` are set".into(),
+                    "keep `tls` (production) or `plaintext: true` (sandbox, loopback sidecar), not both",
+                ))
+            }
+            (None, false) => {
+                return Err(self.err(
+                    &server,
+                    false,
+                    "no `tls` block and no `plaintext: true`".into(),
+                    "add `tls:` with `cert_file` and `key_file`; plain HTTP must be asked for explicitly with `plaintext: true`",
+                ))
+            }
+            (Some(tls), false) => {
+                let tp = server.key("tls");
+                self.non_empty(
+                    &tp.key("cert_file"),
+                    &tls.cert_file,
+                    "the PEM certificate chain file for the listener",
+                )?;
+                self.non_empty(
+                    &tp.key("key_file"),
+                    &tls.key_file,
+                    "the PEM private key file for the listener",
+                )?;
+                if let Some(ca) = &tls.client_ca_file {
+                    self.non_empty(
+                        &tp.key("client_ca_file"),
+                        ca,
+                        "the PEM CA bundle client certificates must chain to, or remove the key",
+                    )?;
+                }
+                if tls.reload_interval_seconds == 0 {
+                    return Err(self.err(
+                        &tp.key("reload_interval_seconds"),
+                        true,
+                        "must be at least 1".into(),
+                        "how often the certificate files are re-read; the default is 10",
+                    ));
+                }
+                reload = Duration::from_secs(tls.reload_interval_seconds);
+            }
+            (None, true) => {}
+        }
+        let lp = server.key("limits");
+        let l = &sc.limits;
+        let positive = |key: &str, v: u64, hint: &str| -> R<Duration> {
+            if v == 0 {
+                return Err(self.err(&lp.key(key), true, "must be at least 1".into(), hint));
+            }
+            Ok(Duration::from_secs(v))
+        };
+        let header_read_timeout = positive(
+            "header_read_timeout_seconds",
+            l.header_read_timeout_seconds,
+            "seconds a client has to send a request head; the default is 10",
+        )?;
+        let tls_handshake_timeout = positive(
+            "tls_handshake_timeout_seconds",
+            l.tls_handshake_timeout_seconds,
+            "seconds a client has to finish the TLS handshake; the default is 10",
+        )?;
+        let idle_timeout = positive(
+            "idle_timeout_seconds",
+            l.idle_timeout_seconds,
+            "seconds an idle connection is kept open; the default is 60",
+        )?;
+        // hyper refuses (panics on) a read buffer below 8 KiB; 16 MiB is far past any real head.
+        if !(8192..=16 * 1024 * 1024).contains(&l.max_header_bytes) {
+            return Err(self.err(
+                &lp.key("max_header_bytes"),
+                true,
+                format!("{} is outside 8192..=16777216", l.max_header_bytes),
+                "the default 65536 fits an Entra token with many group claims",
+            ));
+        }
+        if !(1..=1024).contains(&l.max_headers) {
+            return Err(self.err(
+                &lp.key("max_headers"),
+                true,
+                format!("{} is outside 1..=1024", l.max_headers),
+                "the default is 64",
+            ));
+        }
+        if l.max_connections == 0 || l.max_connections > 1_000_000 {
+            return Err(self.err(
+                &lp.key("max_connections"),
+                true,
+                format!("{} is outside 1..=1000000", l.max_connections),
+                "the default is 512",
+            ));
+        }
+        if l.h2_max_concurrent_streams == 0 {
+            return Err(self.err(
+                &lp.key("h2_max_concurrent_streams"),
+                true,
+                "must be at least 1".into(),
+                "the default is 16",
+            ));
+        }
+        let mut trusted_proxies = Vec::new();
+        for (i, c) in sc.trusted_proxies.iter().enumerate() {
+            let cidr = crate::server::client_ip::Cidr::parse(c).map_err(|e| {
+                self.err(
+                    &server.key("trusted_proxies").index(i),
+                    true,
+                    e.to_string(),
+                    "write the reverse proxy's address or network, e.g. `10.0.0.5` or `10.0.0.0/24`",
+                )
+            })?;
+            trusted_proxies.push(cidr);
+        }
+        Ok(ServerSettings {
+            plaintext: sc.plaintext,
+            header_read_timeout,
+            tls_handshake_timeout,
+            max_header_bytes: l.max_header_bytes,
+            max_headers: l.max_headers,
+            max_connections: l.max_connections,
+            idle_timeout,
+            h2_max_concurrent_streams: l.h2_max_concurrent_streams,
+            tls_reload_interval: reload,
+            trusted_proxies,
+        })
     }
 
     fn non_empty(&self, path: &KeyPath, s: &str, what: &str) -> R<()> {

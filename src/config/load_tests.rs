@@ -6,6 +6,7 @@ use crate::config::schema::SecretRef;
 
 const BASE: &str = r#"server:
   listen: "127.0.0.1:8443"
+  plaintext: true
 tenant_id: "00000000-1111-2222-3333-444444444444"
 operator_auth:
   audiences: ["api://passgate"]
@@ -151,7 +152,7 @@ fn yaml_syntax_errors_are_located() {
     ));
     assert_eq!(e.origin, "test.yaml");
     let (l, c) = (e.line.unwrap(), e.column.unwrap());
-    assert_eq!(l, 3, "{e}");
+    assert_eq!(l, 4, "{e}");
     // The problem's own location is in the prefix only (a context location may remain).
     assert!(
         !e.message.contains(&format!("at line {l} column {c}")),
@@ -169,10 +170,10 @@ fn yaml_syntax_errors_are_located() {
 #[test]
 fn unknown_keys_are_refused_where_they_are() {
     let e = err(&with("      groups: [\"3333", "      group: [\"3333"));
-    check(&e, "unknown field `group`", Some((16, 7)));
-    assert!(e.to_string().starts_with("test.yaml:16:7: "), "{e}");
+    check(&e, "unknown field `group`", Some((17, 7)));
+    assert!(e.to_string().starts_with("test.yaml:17:7: "), "{e}");
     let e = err(&with("audit:", "auditt:"));
-    check(&e, "unknown field `auditt`", Some((9, 1)));
+    check(&e, "unknown field `auditt`", Some((10, 1)));
     let e = err(&format!("{BASE}  - name: x\n    operators: {{users: []}}\n    devices: {{any_device: true}}\n    limit: {{}}\n"));
     check(&e, "unknown field `limit`", None);
 }
@@ -190,13 +191,13 @@ fn literal_secrets_are_refused_without_echoing_them() {
     let e = err(&with("env:PASSGATE_CLIENT_SECRET", "Zx8Q~verysecretvalue"));
     assert!(e.message.contains("must be references"), "{e}");
     assert!(!e.to_string().contains("verysecret"), "{e}");
-    assert_eq!((e.line, e.column), (Some(8), Some(18)), "{e}");
+    assert_eq!((e.line, e.column), (Some(9), Some(18)), "{e}");
     let e = err(&with(
         "  client_secret: env:PASSGATE_CLIENT_SECRET\n",
         "  certificate:\n    cert_file: /c.pem\n    private_key: \"-----BEGIN PRIVATE KEY-----\"\n",
     ));
     assert!(!e.to_string().contains("BEGIN"), "{e}");
-    assert_eq!((e.line, e.column), (Some(10), Some(18)), "{e}");
+    assert_eq!((e.line, e.column), (Some(11), Some(18)), "{e}");
 }
 
 #[test]
@@ -208,14 +209,14 @@ fn guids_are_required() {
     check(
         &e,
         "tenant_id: `contoso.onmicrosoft.com` is not a GUID",
-        Some((3, 12)),
+        Some((4, 12)),
     );
     assert!(e.hint.unwrap().contains("not the domain name"));
     let e = err(&with(
         "\"11111111-2222-3333-4444-555555555555\"",
         "Zx8Q~pastedSecretValue",
     ));
-    check(&e, "app.client_id: is not a GUID", Some((7, 14)));
+    check(&e, "app.client_id: is not a GUID", Some((8, 14)));
     assert!(!e.to_string().contains("pastedSecret"), "{e}");
     let e = err(&with(
         "[\"44444444-5555-6666-7777-888888888888\"]",
@@ -224,34 +225,34 @@ fn guids_are_required() {
     check(
         &e,
         "policies[0].operators.users[1]: `ada@contoso.com` is not a GUID",
-        Some((14, 55)),
+        Some((15, 55)),
     );
     let e = err(&with(
         "groups: [\"33333333-4444-5555-6666-777777777777\"]",
         "groups:\n        - \"not-a-guid\"",
     ));
-    check(&e, "policies[0].devices.groups[0]", Some((17, 11)));
+    check(&e, "policies[0].devices.groups[0]", Some((18, 11)));
     let e = err(&with("users: [", "groups: [\"x\"]\n      users: ["));
-    check(&e, "policies[0].operators.groups[0]", Some((14, 16)));
+    check(&e, "policies[0].operators.groups[0]", Some((15, 16)));
 }
 
 #[test]
 fn policy_names_are_checked_and_unique() {
     for bad in ["\"\"", "\"has space\"", "naïve", "a/b"] {
         let e = err(&with("name: helpdesk", &format!("name: {bad}")));
-        check(&e, "is not a valid policy name", Some((12, 11)));
+        check(&e, "is not a valid policy name", Some((13, 11)));
     }
     ok(&with("name: helpdesk", "name: Help.desk_2-b"));
     let dup = format!("{BASE}{}", SECOND.replace("name: second", "name: HelpDesk"));
     let e = err(&dup);
-    check(&e, "already used by policies[0] (line 12)", Some((19, 11)));
+    check(&e, "already used by policies[0] (line 13)", Some((20, 11)));
 }
 
 #[test]
 fn at_least_one_policy() {
     let text = BASE.split("policies:").next().unwrap().to_string() + "policies: []\n";
     let e = err(&text);
-    check(&e, "no policy", Some((11, 1)));
+    check(&e, "no policy", Some((12, 1)));
 }
 
 #[test]
@@ -260,13 +261,13 @@ fn operators_need_at_least_one_non_empty_list() {
         "      users: [\"44444444-5555-6666-7777-888888888888\"]",
         "      users: []\n      groups: []",
     ));
-    check(&e, "policy `helpdesk` names no operators", Some((13, 5)));
+    check(&e, "policy `helpdesk` names no operators", Some((14, 5)));
     let text = format!(
         "{BASE}{}",
         SECOND.replace("[Passgate.Recover]", "[\"Passgate Recover\"]")
     );
     let e = err(&text);
-    check(&e, "policies[1].operators.app_roles[0]", Some((21, 19)));
+    check(&e, "policies[1].operators.app_roles[0]", Some((22, 19)));
 }
 
 #[test]
@@ -276,11 +277,11 @@ fn any_device_must_be_explicit_and_exclusive() {
         "      groups: [\"33333333-4444-5555-6666-777777777777\"]\n",
         "      platforms: [\"Windows Phone\"]\n",
     ));
-    check(&e, "names no device groups", Some((15, 5)));
+    check(&e, "names no device groups", Some((16, 5)));
     assert!(e.hint.as_deref().unwrap().contains("any_device: true"));
     // an empty list is not "any device"
     let e = err(&with("[\"33333333-4444-5555-6666-777777777777\"]", "[]"));
-    check(&e, "names no device groups", Some((16, 7)));
+    check(&e, "names no device groups", Some((17, 7)));
     // any_device: false is not "any device" either
     let e = err(&with(
         "      groups: [\"33333333-4444-5555-6666-777777777777\"]\n",
@@ -295,7 +296,7 @@ fn any_device_must_be_explicit_and_exclusive() {
     check(
         &e,
         "both `any_device: true` and device `groups`",
-        Some((17, 7)),
+        Some((18, 7)),
     );
     // explicit any_device alone is fine
     let s = ok(&format!("{BASE}{SECOND}"));
@@ -306,12 +307,12 @@ fn any_device_must_be_explicit_and_exclusive() {
 #[test]
 fn platforms_if_present_are_non_empty() {
     let e = err(&with("    limits:", "      platforms: []\n    limits:"));
-    check(&e, "empty `platforms` list", Some((17, 7)));
+    check(&e, "empty `platforms` list", Some((18, 7)));
     let e = err(&with(
         "    limits:",
         "      platforms: [\"Windows Phone\", \" \"]\n    limits:",
     ));
-    check(&e, "platforms[1]: must not be empty", Some((17, 36)));
+    check(&e, "platforms[1]: must not be empty", Some((18, 36)));
     let s = ok(&with(
         "    limits:",
         "      platforms: [\" Windows Phone \"]\n    limits:",
@@ -366,13 +367,13 @@ fn rate_limits_parse() {
     check(
         &e,
         "policies[0].limits.per_device: the window must be at least 1s",
-        Some((18, 19)),
+        Some((19, 19)),
     );
     let e = err(&with(
         "      per_device: \"1 per 10m\"",
         "      per_operator: 5 per hour",
     ));
-    check(&e, "policies[0].limits.per_operator", Some((18, 21)));
+    check(&e, "policies[0].limits.per_operator", Some((19, 21)));
     let s = ok(&with(
         "      per_device: \"1 per 10m\"",
         "      global: 100 per 1h\n      per_operator: 5 per 1h",
@@ -384,12 +385,12 @@ fn rate_limits_parse() {
 #[test]
 fn exactly_one_app_credential() {
     let e = err(&with("  client_secret: env:PASSGATE_CLIENT_SECRET\n", ""));
-    check(&e, "no credential", Some((6, 1)));
+    check(&e, "no credential", Some((7, 1)));
     let e = err(&with(
         "  client_secret: env:PASSGATE_CLIENT_SECRET\n",
         "  client_secret: env:PASSGATE_CLIENT_SECRET\n  certificate:\n    cert_file: /c.pem\n    private_key: file:/k.pem\n",
     ));
-    check(&e, "both `client_secret` and `certificate`", Some((9, 3)));
+    check(&e, "both `client_secret` and `certificate`", Some((10, 3)));
     let s = ok(&with(
         "  client_secret: env:PASSGATE_CLIENT_SECRET\n",
         "  certificate:\n    cert_file: /c.pem\n    private_key: file:/k.pem\n    assertion_format: rs256\n",
@@ -415,7 +416,7 @@ fn urls_must_be_https_or_loopback_http() {
     check(
         &e,
         "endpoints.graph: `http://graph.example.com` is plain http to a non-loopback host",
-        Some((20, 10)),
+        Some((21, 10)),
     );
     let e = err(&ep("http://10.0.0.1"));
     check(&e, "plain http", None);
@@ -432,13 +433,13 @@ fn urls_must_be_https_or_loopback_http() {
         "  audiences:",
         "  v1_issuer: http://sts.example.com/\n  audiences:",
     ));
-    check(&e, "operator_auth.v1_issuer", Some((5, 14)));
+    check(&e, "operator_auth.v1_issuer", Some((6, 14)));
 }
 
 #[test]
 fn operator_auth_lists_are_checked() {
     let e = err(&with("[\"api://passgate\"]", "[]"));
-    check(&e, "operator_auth.audiences: no audience", Some((5, 3)));
+    check(&e, "operator_auth.audiences: no audience", Some((6, 3)));
     let oa = |extra: &str| {
         with(
             "  audiences: [\"api://passgate\"]",
@@ -446,12 +447,12 @@ fn operator_auth_lists_are_checked() {
         )
     };
     let e = err(&oa("token_versions: []"));
-    check(&e, "no token version", Some((6, 3)));
+    check(&e, "no token version", Some((7, 3)));
     let e = err(&oa("token_versions: [\"2.0\", 1]"));
     check(
         &e,
         "token_versions[1]: `1` is not a token version",
-        Some((6, 27)),
+        Some((7, 27)),
     );
     let s = ok(&oa("token_versions: [2.0]"));
     assert!(s.operator_auth.accept_v2 && !s.operator_auth.accept_v1);
@@ -459,10 +460,10 @@ fn operator_auth_lists_are_checked() {
     assert!(!s.operator_auth.accept_v2 && s.operator_auth.accept_v1);
 
     let e = err(&oa("algorithms: [RS256, none]"));
-    check(&e, "`none` is never accepted", Some((6, 23)));
+    check(&e, "`none` is never accepted", Some((7, 23)));
     assert!(e.hint.unwrap().contains("unsigned"));
     let e = err(&oa("algorithms: [HS256]"));
-    check(&e, "shared-secret (HMAC)", Some((6, 16)));
+    check(&e, "shared-secret (HMAC)", Some((7, 16)));
     assert!(e.hint.unwrap().contains("forge"));
     let e = err(&oa("algorithms: [ES256]"));
     check(&e, "not a supported algorithm", None);
@@ -474,7 +475,7 @@ fn operator_auth_lists_are_checked() {
     let e = err(&oa("token_types: []"));
     check(&e, "no token type", None);
     let e = err(&oa("leeway_seconds: 3600"));
-    check(&e, "more than the 600 s allowed", Some((6, 19)));
+    check(&e, "more than the 600 s allowed", Some((7, 19)));
     let e = err(&oa("required_scope: \"a b\""));
     check(&e, "one scope name", None);
     let s = ok(&oa("required_scope: Passgate.Recover"));
@@ -496,9 +497,9 @@ fn listen_must_be_a_socket_address() {
 #[test]
 fn misc_values_are_checked() {
     let e = err(&with("/tmp/audit.jsonl", "\"\""));
-    check(&e, "audit.path: must not be empty", Some((10, 9)));
+    check(&e, "audit.path: must not be empty", Some((11, 9)));
     let e = err(&format!("{BASE}graph:\n  action_timeout_seconds: 0\n"));
-    check(&e, "graph.action_timeout_seconds", Some((20, 27)));
+    check(&e, "graph.action_timeout_seconds", Some((21, 27)));
     let e = err(&format!("{BASE}server2: 1\n"));
     check(&e, "unknown field", None);
 }
@@ -598,7 +599,7 @@ fn load_file_reports_unreadable_files_without_location() {
     let e = load_file(&path).unwrap_err();
     assert!(
         e.to_string()
-            .starts_with(&format!("{}:12:11: ", path.display())),
+            .starts_with(&format!("{}:13:11: ", path.display())),
         "{e}"
     );
 }
@@ -706,16 +707,119 @@ fn summary_names_certificate_and_tls_by_reference() {
         "  certificate:\n    cert_file: /etc/passgate/app.pem\n    private_key: file:/etc/passgate/app.key\n",
     )
     .replace(
-        "  listen: \"127.0.0.1:8443\"\n",
-        "  listen: \"127.0.0.1:8443\"\n  tls:\n    cert_file: /tls/cert.pem\n    key_file: /tls/key.pem\n",
+        "  plaintext: true\n",
+        "  tls:\n    cert_file: /tls/cert.pem\n    key_file: /tls/key.pem\n    client_ca_file: /tls/clients.pem\n",
     );
     let out = crate::config::summary(&ok(&text));
     assert!(
-        out.contains("TLS (cert /tls/cert.pem, key /tls/key.pem)"),
+        out.contains("TLS (cert /tls/cert.pem, key /tls/key.pem), client certificates required (CA /tls/clients.pem)"),
         "{out}"
     );
     assert!(
         out.contains("certificate /etc/passgate/app.pem (key from file:/etc/passgate/app.key, PS256 + x5t#S256)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn listener_needs_tls_or_explicit_plaintext() {
+    let e = err(&with("  plaintext: true\n", ""));
+    check(&e, "no `tls` block and no `plaintext: true`", Some((1, 1)));
+    let e = err(&with(
+        "  plaintext: true\n",
+        "  plaintext: true\n  tls:\n    cert_file: /c.pem\n    key_file: /k.pem\n",
+    ));
+    check(&e, "both `tls` and `plaintext: true`", Some((3, 3)));
+    let e = err(&with("  plaintext: true\n", "  plaintext: false\n"));
+    check(&e, "no `tls` block", None);
+    let s = ok(&with(
+        "  plaintext: true\n",
+        "  tls:\n    cert_file: /c.pem\n    key_file: /k.pem\n    client_ca_file: /ca.pem\n    reload_interval_seconds: 30\n",
+    ));
+    let t = s.tls.unwrap();
+    assert_eq!(t.client_ca_file.as_deref(), Some("/ca.pem"));
+    assert_eq!(
+        s.server.tls_reload_interval,
+        std::time::Duration::from_secs(30)
+    );
+    assert!(!s.server.plaintext);
+    let e = err(&with(
+        "  plaintext: true\n",
+        "  tls:\n    cert_file: /c.pem\n    key_file: \"\"\n",
+    ));
+    check(&e, "server.tls.key_file: must not be empty", Some((5, 15)));
+}
+
+#[test]
+fn server_limits_default_and_are_checked() {
+    let s = ok(BASE);
+    assert_eq!(
+        s.server.header_read_timeout,
+        std::time::Duration::from_secs(10)
+    );
+    assert_eq!(s.server.max_header_bytes, 65536);
+    assert_eq!(s.server.max_headers, 64);
+    assert_eq!(s.server.max_connections, 512);
+    assert_eq!(s.server.idle_timeout, std::time::Duration::from_secs(60));
+    assert_eq!(s.server.h2_max_concurrent_streams, 16);
+    assert!(s.server.trusted_proxies.is_empty());
+    let limits = |l: &str| {
+        with(
+            "  plaintext: true\n",
+            &format!("  plaintext: true\n  limits:\n    {l}\n"),
+        )
+    };
+    let e = err(&limits("header_read_timeout_seconds: 0"));
+    check(
+        &e,
+        "server.limits.header_read_timeout_seconds",
+        Some((5, 34)),
+    );
+    let e = err(&limits("max_header_bytes: 4096"));
+    check(&e, "outside 8192", Some((5, 23)));
+    let e = err(&limits("max_connections: 0"));
+    check(&e, "server.limits.max_connections", None);
+    let e = err(&limits("max_header: 10"));
+    check(&e, "unknown field `max_header`", None);
+    let s = ok(&limits("max_connections: 3"));
+    assert_eq!(s.server.max_connections, 3);
+}
+
+#[test]
+fn trusted_proxies_are_cidrs() {
+    let p = |v: &str| {
+        with(
+            "  plaintext: true\n",
+            &format!("  plaintext: true\n  trusted_proxies: [{v}]\n"),
+        )
+    };
+    let s = ok(&p("\"10.0.0.0/8\", \"192.0.2.7\", \"2001:db8::/32\""));
+    assert_eq!(s.server.trusted_proxies.len(), 3);
+    let e = err(&p("\"10.0.0.0/8\", \"10.1.2.3/8\""));
+    check(&e, "server.trusted_proxies[1]", Some((4, 35)));
+    assert!(e.message.contains("bits set after the prefix"), "{e}");
+    let e = err(&p("\"proxy.corp\""));
+    check(&e, "is not an IP address", None);
+}
+
+#[test]
+fn summary_warns_about_plaintext_off_loopback() {
+    let out = crate::config::summary(&ok(BASE));
+    assert!(!out.contains("WARNING"), "{out}");
+    let out = crate::config::summary(&ok(&with("127.0.0.1:8443", "0.0.0.0:8443")));
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("WARNING") && l.contains("plain HTTP")),
+        "{out}"
+    );
+    let text = with("127.0.0.1:8443", "0.0.0.0:8443").replace(
+        "  plaintext: true\n",
+        "  tls:\n    cert_file: /c.pem\n    key_file: /k.pem\n  trusted_proxies: [\"10.0.0.0/8\"]\n",
+    );
+    let out = crate::config::summary(&ok(&text));
+    assert!(!out.contains("WARNING"), "{out}");
+    assert!(
+        out.contains("X-Forwarded-For trusted from 10.0.0.0/8"),
         "{out}"
     );
 }

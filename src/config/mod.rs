@@ -12,5 +12,5 @@ pub mod summary;
 pub use load::{load_file, load_str, parse_rate, ConfigError};
 pub use schema::*;
 pub use secret::{Secret, SecretError};
-pub use settings::{Endpoints, OperatorAuthSettings, Settings};
+pub use settings::{Endpoints, OperatorAuthSettings, ServerSettings, Settings};
 pub use summary::summary;

@@ -37,7 +37,7 @@ pub struct Config {
 pub struct ServerConfig {
     /// `host:port`, e.g. `0.0.0.0:8443`.
     pub listen: String,
-    /// TLS for the gateway listener; absent means plain HTTP.
+    /// TLS for the gateway listener. Exactly one of `tls` and `plaintext: true` must be set.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish. Default 20.
@@ -46,6 +46,16 @@ pub struct ServerConfig {
     /// How often the config file is checked for changes (0 = only reload on SIGHUP). Default 5.
     #[serde(default = "default_watch")]
     pub config_watch_seconds: u64,
+    /// Serve plain HTTP. Must be written out explicitly (sandbox, or behind a TLS-terminating
+    /// sidecar on loopback); `passgate check` warns when it is on a non-loopback address.
+    #[serde(default)]
+    pub plaintext: bool,
+    /// Connection hygiene; every key has a default.
+    #[serde(default)]
+    pub limits: ServerLimitsConfig,
+    /// CIDRs of reverse proxies whose `X-Forwarded-For` is believed. Default: none (XFF ignored).
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 fn default_drain() -> u64 {
@@ -87,8 +97,86 @@ fn default_true() -> bool {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
     pub cert_file: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key_file: String,
+    /// PEM CA bundle; when set, every client must present a certificate issued by it (mTLS).
+    #[serde(default)]
+    pub client_ca_file: Option<String>,
+    /// How often the files are re-read; a changed, valid set replaces the served one. Default 10.
+    #[serde(default = "default_tls_reload")]
+    pub reload_interval_seconds: u64,
+}
+
+fn default_tls_reload() -> u64 {
+    10
+}
+
+/// Listener limits (slowloris, oversized heads, connection floods). Defaults suit an internal API
+/// called by a service desk: few clients, tiny requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerLimitsConfig {
+    /// Time allowed to receive a complete request head (and, for HTTP/1.1 keep-alive, to start
+    /// the next one). Default 10.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout_seconds: u64,
+    /// Time allowed for the TLS handshake. Default 10.
+    #[serde(default = "default_handshake_timeout")]
+    pub tls_handshake_timeout_seconds: u64,
+    /// Upper bound on one request head in bytes (HTTP/1.1 read buffer, HTTP/2 header list).
+    /// Default 65536 (an Entra token with many groups is ~10 KiB); minimum 8192.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Upper bound on the number of header fields in an HTTP/1.1 request head. Default 64.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Connections served at once; further clients wait in the kernel's accept queue. Default 512.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A connection with no request in flight for this long is closed. Default 60.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_seconds: u64,
+    /// Concurrent HTTP/2 streams per connection. Default 16.
+    #[serde(default = "default_h2_streams")]
+    pub h2_max_concurrent_streams: u32,
+}
+
+impl Default for ServerLimitsConfig {
+    fn default() -> Self {
+        ServerLimitsConfig {
+            header_read_timeout_seconds: default_header_read_timeout(),
+            tls_handshake_timeout_seconds: default_handshake_timeout(),
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
+            max_connections: default_max_connections(),
+            idle_timeout_seconds: default_idle_timeout(),
+            h2_max_concurrent_streams: default_h2_streams(),
+        }
+    }
+}
+
+fn default_header_read_timeout() -> u64 {
+    10
+}
+fn default_handshake_timeout() -> u64 {
+    10
+}
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_headers() -> usize {
+    64
+}
+fn default_max_connections() -> usize {
+    512
+}
+fn default_idle_timeout() -> u64 {
+    60
+}
+fn default_h2_streams() -> u32 {
+    16
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

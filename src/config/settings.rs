@@ -15,6 +15,8 @@ pub struct Settings {
     pub tls: Option<TlsConfig>,
     /// Admin listener address, `None` when `admin.enabled: false`.
     pub admin_listen: Option<String>,
+    /// Listener hygiene and client-address settings, resolved.
+    pub server: ServerSettings,
     /// Lower-case GUID.
     pub tenant_id: String,
     pub endpoints: Endpoints,
@@ -57,4 +59,40 @@ pub struct OperatorAuthSettings {
     pub required_scope: Option<String>,
     pub jwks_refresh_floor: Duration,
     pub jwks_max_age: Duration,
+}
+
+/// The `server:` block, validated: durations resolved, proxy CIDRs parsed.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// `server.plaintext: true` was written (and `tls` is absent).
+    pub plaintext: bool,
+    pub header_read_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+    pub h2_max_concurrent_streams: u32,
+    /// How often TLS files are re-read.
+    pub tls_reload_interval: Duration,
+    pub trusted_proxies: Vec<crate::server::client_ip::Cidr>,
+}
+
+impl Default for ServerSettings {
+    /// The schema defaults, for plain HTTP (used by tests that build a listener by hand).
+    fn default() -> Self {
+        let l = super::schema::ServerLimitsConfig::default();
+        ServerSettings {
+            plaintext: true,
+            header_read_timeout: Duration::from_secs(l.header_read_timeout_seconds),
+            tls_handshake_timeout: Duration::from_secs(l.tls_handshake_timeout_seconds),
+            max_header_bytes: l.max_header_bytes,
+            max_headers: l.max_headers,
+            max_connections: l.max_connections,
+            idle_timeout: Duration::from_secs(l.idle_timeout_seconds),
+            h2_max_concurrent_streams: l.h2_max_concurrent_streams,
+            tls_reload_interval: Duration::from_secs(10),
+            trusted_proxies: Vec::new(),
+        }
+    }
 }

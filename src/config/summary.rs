@@ -22,10 +22,41 @@ fn write_summary(o: &mut String, s: &Settings) -> std::fmt::Result {
         Cloud::China => "china",
     };
     let tls = match &s.tls {
-        Some(t) => format!("TLS (cert {}, key {})", t.cert_file, t.key_file),
+        Some(t) => format!(
+            "TLS (cert {}, key {}){}",
+            t.cert_file,
+            t.key_file,
+            t.client_ca_file
+                .as_ref()
+                .map(|ca| format!(", client certificates required (CA {ca})"))
+                .unwrap_or_default()
+        ),
         None => "plain HTTP (no TLS)".into(),
     };
     writeln!(o, "listen        {} — {tls}", s.listen)?;
+    let loopback = s
+        .listen
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback());
+    if s.tls.is_none() && !loopback {
+        writeln!(
+            o,
+            "WARNING       plain HTTP on a non-loopback address: operator tokens cross the network unencrypted"
+        )?;
+    }
+    if !s.server.trusted_proxies.is_empty() {
+        let p: Vec<String> = s
+            .server
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        writeln!(
+            o,
+            "proxies       X-Forwarded-For trusted from {}",
+            p.join(", ")
+        )?;
+    }
     writeln!(o, "tenant        {} (cloud {cloud})", s.tenant_id)?;
     let e = &s.endpoints;
     writeln!(o, "graph         {}  scope {}", e.graph, e.graph_scope)?;
