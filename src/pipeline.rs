@@ -299,6 +299,15 @@ impl Gateway {
                 tracing::warn!(request_id = %trail.request_id, error = %why, "device facts unavailable");
                 FactsOutcome::Unavailable
             }
+            Err(FactsError::AppToken(why)) => {
+                // Same answer as when the forward itself cannot get a token: the operator sees
+                // one code for "Entra will not give passgate a token", cached facts or not.
+                tracing::warn!(request_id = %trail.request_id, error = %why, "app token unavailable for device facts");
+                return Err(Refusal::new(
+                    Reason::AppTokenUnavailable,
+                    "passgate could not obtain its app token from Entra ID; nothing was forwarded, retry later",
+                ));
+            }
         };
         let t = Instant::now();
         let decided = self.policies.decide(&screen, &action, &operator, &facts);
