@@ -120,3 +120,43 @@ async fn per_operator_limit_is_exact_across_route_forms_and_versions() {
     passgate::audit::verify_file(&env.audit_log).expect("audit chain verifies");
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_policies_under_one_burst_each_admit_exactly_their_own_limit() {
+    // alice is admitted by helpdesk-kiosk-phones (per_device 2), the automation app by
+    // kiosk-automation (per_operator 5): limits are namespaced per policy and both are exact.
+    let cfg = passgate::dev::DEV_CONFIG
+        .replace("per_device: \"3 per 10m\"", "per_device: \"2 per 10m\"")
+        .replace(
+            "per_operator: \"20 per 1h\"",
+            "per_operator: \"1000 per 1h\"",
+        )
+        .replace("global: \"200 per 1h\"", "global: \"1000 per 1h\"");
+    let env = start_with(Some(cfg)).await;
+    let url = action_url(&env, "kiosk-phone");
+    let alice = token(&env, "alice");
+    let automation = token(&env, "automation");
+    let calls = (0..100)
+        .map(|i| {
+            let tok = if i % 2 == 0 { &alice } else { &automation };
+            (url.clone(), tok.clone())
+        })
+        .collect();
+    let results = burst(calls).await;
+
+    assert_eq!(count(&results, 204, ""), 7, "{results:?}");
+    assert_eq!(count(&results, 429, "rate_limited"), 93);
+    assert_eq!(env.sandbox.recover_passcode_calls().len(), 7);
+    let decisions = decision_records(&env);
+    assert_eq!(decisions.len(), 100);
+    let allowed = |policy: &str| {
+        decisions
+            .iter()
+            .filter(|d| d["decision"] == "allow" && d["policy"] == policy)
+            .count()
+    };
+    assert_eq!(allowed("helpdesk-kiosk-phones"), 2);
+    assert_eq!(allowed("kiosk-automation"), 5);
+    passgate::audit::verify_file(&env.audit_log).expect("audit chain verifies");
+    env.stop().await;
+}

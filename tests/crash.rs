@@ -217,6 +217,24 @@ async fn kill_9_under_load_loses_no_audit_record_of_a_forwarded_call() {
         }
         Err(e) => panic!("audit file unreadable: {e}"),
     };
+    let simulated = !torn;
+    if simulated {
+        // The kill landed between writes (the usual case). Leave what a kill in the middle of
+        // a write would have left, so the restart's torn-tail recovery is exercised every run.
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&audit)
+            .unwrap();
+        f.write_all(br#"{"seq":999999,"time":"2026-"#).unwrap();
+        drop(f);
+        match passgate::audit::verify_file(&audit) {
+            Err(passgate::audit::VerifyError::Break(b)) => {
+                assert_eq!(b.kind, passgate::audit::BreakKind::TornLine)
+            }
+            other => panic!("a torn tail must be detected: {other:?}"),
+        }
+    }
 
     // Restart on the same file, make more calls, and stop it again.
     let mut gw2 = spawn_gateway(&sb, &dir, &audit, 2).await;
@@ -242,10 +260,25 @@ async fn kill_9_under_load_loses_no_audit_record_of_a_forwarded_call() {
     assert_eq!(records.len() as u64, summary.records);
     let recoveries = records.iter().filter(|r| r["kind"] == "recovery").count();
     assert_eq!(
-        recoveries,
-        usize::from(torn),
-        "a torn tail is noted by exactly one recovery record, an intact file by none"
+        recoveries, 1,
+        "the torn tail is cut and noted by exactly one recovery record"
     );
+    let side_files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().contains(".torn-"))
+        .collect();
+    assert_eq!(
+        side_files.len(),
+        1,
+        "the torn bytes are preserved in a side file"
+    );
+    if simulated {
+        assert_eq!(
+            std::fs::read(&side_files[0]).unwrap(),
+            br#"{"seq":999999,"time":"2026-"#
+        );
+    }
 
     let allowed: HashSet<&str> = records
         .iter()
@@ -279,7 +312,7 @@ async fn kill_9_under_load_loses_no_audit_record_of_a_forwarded_call() {
         }
     }
     eprintln!(
-        "crash: {} answered, {} forwarded, {} records, torn tail: {torn}",
+        "crash: {} answered, {} forwarded, {} records, torn by the kill: {torn}",
         answered.len(),
         seen.len(),
         summary.records
