@@ -214,6 +214,38 @@ async fn slow_action_is_504_upstream_timeout_and_the_post_is_sent_exactly_once()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_hanging_up_mid_forward_still_gets_an_outcome_record() {
+    let env = start().await;
+    env.sandbox
+        .set_fault(Fault::ActionDelay(Duration::from_secs(2)));
+    // The operator gives up while Graph is still working on the action.
+    let gave_up = tokio::time::timeout(Duration::from_millis(800), alice(&env)).await;
+    assert!(gave_up.is_err(), "the client hung up before the answer");
+    assert_eq!(env.sandbox.recover_passcode_calls().len(), 1);
+    assert_eq!(last_decision(&env)["decision"], "allow");
+    // Graph acted; its answer must still be recorded. Wait for the record, bounded.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let outcome = loop {
+        let found = audit_records(&env)
+            .into_iter()
+            .find(|r| r["kind"] == "outcome");
+        if let Some(o) = found {
+            break o;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no outcome record for a forwarded action whose operator hung up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(outcome["status"], 204);
+    assert_eq!(outcome["request_id"], last_decision(&env)["request_id"]);
+    assert_eq!(env.sandbox.recover_passcode_calls().len(), 1, "not retried");
+    env.sandbox.set_fault(Fault::None);
+    still_healthy(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graph_429_passes_through_with_retry_after_and_its_own_code() {
     let env = start().await;
     env.sandbox.set_fault(Fault::ActionStatus {
@@ -345,9 +377,22 @@ async fn assert_app_token_unavailable(env: &DevEnv, r: &Resp) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_endpoint_down_is_503_app_token_unavailable() {
     let env = start().await;
-    env.sandbox.set_fault(Fault::TokenEndpointStatus(503));
-    let r = alice(&env).await;
-    assert_app_token_unavailable(&env, &r).await;
+    // 400 (a refusal such as a bad scope), 500 and 503 (an outage) all mean: no token.
+    for status in [400, 500, 503] {
+        env.sandbox.set_fault(Fault::TokenEndpointStatus(status));
+        let r = alice(&env).await;
+        assert_app_token_unavailable(&env, &r).await;
+    }
+    assert_eq!(
+        metric(
+            &env,
+            "passgate_app_token_refreshes_total",
+            &["result=\"failure\""]
+        )
+        .await,
+        3.0,
+        "a failed token request is not cached: each request asks again"
+    );
     env.sandbox.set_fault(Fault::None);
     still_healthy(&env).await;
 }
