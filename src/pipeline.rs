@@ -117,6 +117,15 @@ fn rate_headers(h: &mut HeaderMap, rate: &RateInfo) {
     }
 }
 
+/// The reason code for a forward that got no answer from Graph.
+fn forward_reason(e: &ForwardError) -> Reason {
+    match e {
+        ForwardError::AppToken(_) => Reason::AppTokenUnavailable,
+        ForwardError::Timeout(_) => Reason::UpstreamTimeout,
+        ForwardError::Unreachable(_) => Reason::UpstreamUnreachable,
+    }
+}
+
 /// Accepts the operator's `client-request-id` only if it is a GUID (it is echoed and logged).
 fn client_request_id(headers: &HeaderMap, fallback: &str) -> String {
     headers
@@ -299,6 +308,15 @@ impl Gateway {
                 tracing::warn!(request_id = %trail.request_id, error = %why, "device facts unavailable");
                 FactsOutcome::Unavailable
             }
+            Err(FactsError::AppToken(why)) => {
+                // Same answer as when the forward itself cannot get a token: the operator sees
+                // one code for "Entra will not give passgate a token", cached facts or not.
+                tracing::warn!(request_id = %trail.request_id, error = %why, "app token unavailable for device facts");
+                return Err(Refusal::new(
+                    Reason::AppTokenUnavailable,
+                    "passgate could not obtain its app token from Entra ID; nothing was forwarded, retry later",
+                ));
+            }
         };
         let t = Instant::now();
         let decided = self.policies.decide(&screen, &action, &operator, &facts);
@@ -334,22 +352,61 @@ impl Gateway {
             })?;
         tracing::debug!(request_id = %trail.request_id, oid = %operator.oid, target = %action.target(), "allowed");
 
-        let t = Instant::now();
-        let result = self
-            .forwarder
-            .forward(permit, &receipt, &action, &trail.client_request_id)
-            .await;
-        self.metrics.observe_stage(Stage::Upstream, t.elapsed());
-        let class = match &result {
-            Ok(up) => Metrics::upstream_class(up.status.as_u16()),
-            Err(_) => "error",
+        // The forward and its outcome record run in their own task: if the operator hangs up,
+        // hyper drops this future, but a POST Graph may already have acted on must still get its
+        // outcome written (and the upstream metrics counted).
+        let forwarder = self.forwarder.clone();
+        let audit = self.audit.clone();
+        let metrics = self.metrics.clone();
+        let request_id = trail.request_id.clone();
+        let crid = trail.client_request_id.clone();
+        let forwarded_action = action.clone();
+        let detached = tokio::spawn(async move {
+            let t = Instant::now();
+            let result = forwarder
+                .forward(permit, &receipt, &forwarded_action, &crid)
+                .await;
+            metrics.observe_stage(Stage::Upstream, t.elapsed());
+            let class = match &result {
+                Ok(up) => Metrics::upstream_class(up.status.as_u16()),
+                Err(_) => "error",
+            };
+            metrics.upstream_responses.with_label_values(&[class]).inc();
+            let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let outcome = match &result {
+                Ok(up) => OutcomeRecord {
+                    request_id: request_id.clone(),
+                    status: up.status.as_u16(),
+                    graph_request_id: up.graph_request_id.clone(),
+                    latency_ms,
+                    error: None,
+                },
+                Err(e) => {
+                    let reason = forward_reason(e);
+                    OutcomeRecord {
+                        request_id: request_id.clone(),
+                        status: reason.status().as_u16(),
+                        graph_request_id: None,
+                        latency_ms,
+                        error: Some(reason.as_str().to_string()),
+                    }
+                }
+            };
+            if let Err(e) = audit.record_outcome(outcome).await {
+                // The action already happened (or not) at Graph; the decision record is durable.
+                tracing::error!(request_id = %request_id, error = %e, "audit outcome write failed");
+            }
+            result
+        });
+        let result = match detached.await {
+            Ok(r) => r,
+            Err(e) => {
+                // A panic in the forward task: whether Graph acted is unknown, as on a timeout.
+                tracing::error!(request_id = %trail.request_id, error = %e, "forward task failed");
+                Err(ForwardError::Unreachable("forward task failed".into()))
+            }
         };
-        self.metrics
-            .upstream_responses
-            .with_label_values(&[class])
-            .inc();
-        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let (response, outcome) = match result {
+        let response = match result {
             Ok(up) => {
                 let mut resp = Response::new(Full::new(up.body));
                 *resp.status_mut() = up.status;
@@ -357,37 +414,13 @@ impl Gateway {
                 if let Some(rate) = &rate {
                     rate_headers(resp.headers_mut(), rate);
                 }
-                let outcome = OutcomeRecord {
-                    request_id: trail.request_id.clone(),
-                    status: up.status.as_u16(),
-                    graph_request_id: up.graph_request_id,
-                    latency_ms,
-                    error: None,
-                };
-                (resp, outcome)
+                resp
             }
             Err(e) => {
-                let reason = match &e {
-                    ForwardError::AppToken(_) => Reason::AppTokenUnavailable,
-                    ForwardError::Timeout(_) => Reason::UpstreamTimeout,
-                    ForwardError::Unreachable(_) => Reason::UpstreamUnreachable,
-                };
                 tracing::warn!(request_id = %trail.request_id, error = %e, "forward failed");
-                let resp = self.error_response(trail, reason, &e.to_string(), HeaderMap::new());
-                let outcome = OutcomeRecord {
-                    request_id: trail.request_id.clone(),
-                    status: reason.status().as_u16(),
-                    graph_request_id: None,
-                    latency_ms,
-                    error: Some(reason.as_str().to_string()),
-                };
-                (resp, outcome)
+                self.error_response(trail, forward_reason(&e), &e.to_string(), HeaderMap::new())
             }
         };
-        if let Err(e) = self.audit.record_outcome(outcome).await {
-            // The action already happened (or not) at Graph; the decision record is durable.
-            tracing::error!(request_id = %trail.request_id, error = %e, "audit outcome write failed");
-        }
         Ok(response)
     }
 

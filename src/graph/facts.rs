@@ -40,6 +40,11 @@ pub enum FactsError {
     NotFound,
     #[error("device facts unavailable: {0}")]
     Unavailable(String),
+    /// No app token to read with: Entra's token endpoint failed. Kept apart from `Unavailable` so
+    /// the operator sees the same `app_token_unavailable` whether the token was needed for the
+    /// facts or (with facts cached) for the action.
+    #[error("app token unavailable: {0}")]
+    AppToken(String),
 }
 
 /// Cache counters for metrics.
@@ -124,7 +129,10 @@ impl FactsClient {
             .get_or_init(|| self.fetch(managed_device_id, groups))
             .await
             .clone();
-        if matches!(result, Err(FactsError::Unavailable(_))) {
+        if matches!(
+            result,
+            Err(FactsError::Unavailable(_) | FactsError::AppToken(_))
+        ) {
             if let Ok(mut cache) = self.cache.lock() {
                 if cache.get(&key).is_some_and(|(_, s)| Arc::ptr_eq(s, &slot)) {
                     cache.remove(&key);
@@ -160,7 +168,7 @@ impl FactsClient {
             .tokens
             .token()
             .await
-            .map_err(|e| FactsError::Unavailable(format!("app token: {e}")))?;
+            .map_err(|e| FactsError::AppToken(e.to_string()))?;
         let bearer = Some(token.secret());
         let root = &self.graph_root;
         let url = format!(

@@ -41,6 +41,9 @@ pub struct Upstream {
     pub graph_request_id: Option<String>,
 }
 
+/// Cheap to clone (shared client and token provider): the pipeline moves a clone into a task
+/// that outlives an operator who hangs up.
+#[derive(Clone)]
 pub struct Forwarder {
     client: HttpsClient,
     graph_root: String,

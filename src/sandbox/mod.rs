@@ -21,6 +21,7 @@ use std::time::Duration;
 use rsa::RsaPublicKey;
 use serde_json::Value;
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use tenant::{
@@ -83,6 +84,19 @@ pub enum Fault {
     TokenEndpointStatus(u16),
     /// The JWKS endpoints answer 503.
     JwksDown,
+    /// recoverPasscode POSTs are recorded and answered as usual, but only after this delay: the
+    /// action ran at "Graph" and the answer is late (a client timeout must not look like "not run").
+    ActionDelay(Duration),
+    /// The token endpoint answers (normally) after this delay.
+    TokenEndpointDelay(Duration),
+    /// Every Graph call except recoverPasscode answers 200 with a body that is not valid JSON.
+    MalformedReads,
+    /// Reads still see every device, but recoverPasscode answers Intune's 404: the device was
+    /// deleted between the facts lookup and the action.
+    DeviceGoneForAction,
+    /// The token endpoint rejects the client secret as Entra does after the secret was removed
+    /// from the app registration (401 `invalid_client`, AADSTS7000215).
+    ClientSecretRejected,
 }
 
 /// One HTTP exchange as the emulator saw it.
@@ -168,13 +182,23 @@ impl Shared {
     }
 }
 
+/// The Graph emulator's accept loop and the switch that stops it (for "connection refused").
+struct GraphTask {
+    handle: JoinHandle<()>,
+    stop: oneshot::Sender<()>,
+}
+
 /// Aborts the accept loops when the last `Sandbox` clone goes away.
-struct TaskGuard(Vec<JoinHandle<()>>);
+struct TaskGuard {
+    entra: JoinHandle<()>,
+    graph: tokio::sync::Mutex<Option<GraphTask>>,
+}
 
 impl Drop for TaskGuard {
     fn drop(&mut self) {
-        for t in &self.0 {
-            t.abort();
+        self.entra.abort();
+        if let Some(g) = self.graph.get_mut().take() {
+            g.handle.abort();
         }
     }
 }
@@ -183,7 +207,13 @@ impl Drop for TaskGuard {
 #[derive(Clone)]
 pub struct Sandbox {
     shared: Arc<Shared>,
-    _tasks: Arc<TaskGuard>,
+    tasks: Arc<TaskGuard>,
+}
+
+fn spawn_graph(listener: TcpListener, shared: &Arc<Shared>) -> GraphTask {
+    let (stop, stopped) = oneshot::channel();
+    let handle = server::spawn(listener, shared.clone(), server::Side::Graph, Some(stopped));
+    GraphTask { handle, stop }
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -229,14 +259,40 @@ impl Sandbox {
                 fault: Fault::None,
             }),
         });
-        let tasks = vec![
-            server::spawn(entra_listener, shared.clone(), server::Side::Entra),
-            server::spawn(graph_listener, shared.clone(), server::Side::Graph),
-        ];
+        let entra = server::spawn(entra_listener, shared.clone(), server::Side::Entra, None);
+        let graph = spawn_graph(graph_listener, &shared);
         Ok(Sandbox {
             shared,
-            _tasks: Arc::new(TaskGuard(tasks)),
+            tasks: Arc::new(TaskGuard {
+                entra,
+                graph: tokio::sync::Mutex::new(Some(graph)),
+            }),
         })
+    }
+
+    /// Closes the Graph emulator's listener and every open connection to it, and returns once
+    /// they are closed: from then on connecting to [`Sandbox::graph_url`] is refused.
+    pub async fn stop_graph(&self) {
+        let task = self.tasks.graph.lock().await.take();
+        if let Some(g) = task {
+            let _ = g.stop.send(());
+            let _ = g.handle.await;
+        }
+    }
+
+    /// Listens again on the same Graph address after [`Sandbox::stop_graph`] (no-op if running).
+    pub async fn restart_graph(&self) -> std::io::Result<()> {
+        let mut slot = self.tasks.graph.lock().await;
+        if slot.is_none() {
+            let addr = self
+                .shared
+                .graph_url
+                .trim_start_matches("http://")
+                .to_string();
+            let listener = TcpListener::bind(addr).await?;
+            *slot = Some(spawn_graph(listener, &self.shared));
+        }
+        Ok(())
     }
 
     /// `http://127.0.0.1:PORT` (no version, no trailing slash).

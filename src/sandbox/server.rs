@@ -13,9 +13,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::{entra, graph, RecordedCall, Shared};
+use super::{entra, graph, Fault, RecordedCall, Shared};
 
 /// Request bodies above this are refused; nothing the emulator serves needs more.
 const MAX_BODY: usize = 1 << 20;
@@ -73,12 +74,33 @@ pub(crate) fn http_date() -> String {
         .to_string()
 }
 
-pub(crate) fn spawn(listener: TcpListener, shared: Arc<Shared>, side: Side) -> JoinHandle<()> {
+/// Runs the accept loop. With `stop`, signalling it closes the listener and ends every open
+/// connection before the task finishes (so a caller awaiting the task knows they are closed).
+pub(crate) fn spawn(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    side: Side,
+    stop: Option<oneshot::Receiver<()>>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         // Connections live in this set so aborting the accept loop also ends them.
         let mut conns = JoinSet::new();
+        let stopped = async move {
+            match stop {
+                Some(rx) => {
+                    let _ = rx.await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(stopped);
         loop {
             tokio::select! {
+                _ = &mut stopped => {
+                    drop(listener);
+                    conns.shutdown().await;
+                    return;
+                }
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {
                         conns.spawn(serve_conn(stream, shared.clone(), side));
@@ -147,10 +169,31 @@ async fn handle(shared: &Shared, side: Side, req: Request<HyperBody>) -> Reply {
         body,
         status: response.status().as_u16(),
     };
-    let mut st = shared.lock();
-    match side {
-        Side::Entra => st.entra_calls.push(call),
-        Side::Graph => st.graph_calls.push(call),
+    let delay = {
+        let mut st = shared.lock();
+        let delay = match (side, &st.fault) {
+            (Side::Graph, Fault::ActionDelay(d))
+                if call.method == "POST"
+                    && graph::is_recover_passcode_path(&call.path_and_query) =>
+            {
+                Some(*d)
+            }
+            (Side::Entra, Fault::TokenEndpointDelay(d))
+                if call.path_and_query.contains("/oauth2/") && call.method == "POST" =>
+            {
+                Some(*d)
+            }
+            _ => None,
+        };
+        match side {
+            Side::Entra => st.entra_calls.push(call),
+            Side::Graph => st.graph_calls.push(call),
+        }
+        delay
+    };
+    // Recorded before the delay: the call reached the emulator even if the client gives up.
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
     }
     response
 }

@@ -92,7 +92,18 @@ fn invalid_client(code: u32, msg: impl Into<String>) -> Refusal {
 
 pub(crate) fn handle(shared: &Shared, tenant: &str, req: &Incoming) -> Reply {
     let correlation = req.header("client-request-id");
-    if let Fault::TokenEndpointStatus(s) = shared.lock().fault.clone() {
+    let fault = shared.lock().fault.clone();
+    if fault == Fault::ClientSecretRejected {
+        return aadsts_error_with(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7000215,
+            "Invalid client secret provided. Ensure the secret being sent in the request is the \
+             client secret value, not the client secret ID.",
+            correlation,
+        );
+    }
+    if let Fault::TokenEndpointStatus(s) = fault {
         let status = StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return aadsts_error_with(
             status,

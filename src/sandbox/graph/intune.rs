@@ -128,6 +128,9 @@ pub(crate) fn recover_passcode(
     {
         return reply::fault(ctx, *status, *retry_after);
     }
+    if *fault == Fault::DeviceGoneForAction {
+        return not_found(ctx, id, ACTION);
+    }
     let Some(device) = lookup(shared, form, id) else {
         return not_found(ctx, id, ACTION);
     };

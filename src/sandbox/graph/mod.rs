@@ -122,6 +122,16 @@ fn dispatch(shared: &Shared, req: &Incoming, ctx: &mut Ctx) -> Reply {
     {
         return reply::fault(ctx, status, retry_after);
     }
+    if fault == Fault::MalformedReads
+        && !(req.method == http::Method::POST && is_recover_passcode_path(&req.path))
+    {
+        // Cut off mid-document, as a truncating proxy would leave it.
+        return super::server::reply(
+            StatusCode::OK,
+            Some("application/json"),
+            br#"{"@odata.context":"#.to_vec(),
+        );
+    }
     let resolved = path::resolve(&req.path);
     if let Err(PathError::Version(v)) = &resolved {
         return reply::error(

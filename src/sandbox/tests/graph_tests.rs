@@ -574,3 +574,52 @@ async fn faults_apply_to_graph_and_to_the_action_only() {
         .collect();
     assert_eq!(statuses, vec![503, 204]);
 }
+
+#[tokio::test]
+async fn reliability_faults_shape_reads_and_the_action_as_documented() {
+    let sb = start().await;
+    let tok = app_token(&sb).await;
+    let id = sb
+        .tenant()
+        .device("kiosk-phone")
+        .unwrap()
+        .managed_device_id
+        .clone();
+    let action = format!("/v1.0/deviceManagement/managedDevices/{id}/recoverPasscode");
+    let get = format!("/v1.0/deviceManagement/managedDevices/{id}");
+
+    sb.set_fault(Fault::MalformedReads);
+    let r = graph(&sb, "GET", &get, &tok, b"").await;
+    assert_eq!(r.status, 200);
+    assert!(serde_json::from_slice::<Value>(&r.body).is_err());
+    assert_eq!(graph(&sb, "POST", &action, &tok, b"").await.status, 204);
+
+    sb.set_fault(Fault::DeviceGoneForAction);
+    assert_eq!(graph(&sb, "GET", &get, &tok, b"").await.status, 200);
+    let r = graph(&sb, "POST", &action, &tok, b"").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"]["code"], "ResourceNotFound");
+
+    // The delayed action is recorded on arrival, before its (late) answer.
+    sb.set_fault(Fault::ActionDelay(std::time::Duration::from_secs(30)));
+    let url = format!("{}{action}", sb.graph_url());
+    let auth = format!("Bearer {tok}");
+    let slow = tokio::spawn(async move {
+        super::send("POST", &url, &[("authorization", &auth)], vec![]).await
+    });
+    let before = sb.recover_passcode_calls().len();
+    while sb.recover_passcode_calls().len() == before {
+        tokio::task::yield_now().await;
+    }
+    assert!(!slow.is_finished());
+    slow.abort();
+    sb.set_fault(Fault::None);
+
+    sb.stop_graph().await;
+    let refused = tokio::net::TcpStream::connect(sb.graph_url().trim_start_matches("http://"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    sb.restart_graph().await.unwrap();
+    assert_eq!(graph(&sb, "GET", &get, &tok, b"").await.status, 200);
+}

@@ -194,8 +194,14 @@ async fn token_endpoint_errors_have_aadsts_shapes() {
     assert_eq!(r.json()["correlation_id"], "corr-1");
 
     sb.set_fault(Fault::TokenEndpointStatus(503));
-    let r = send("POST", &token_url(&sb), &[], body).await;
+    let r = send("POST", &token_url(&sb), &[], body.clone()).await;
     assert_eq!(r.status, 503);
+    assert!(sb.issued_app_tokens().is_empty());
+
+    sb.set_fault(Fault::ClientSecretRejected);
+    let r = send("POST", &token_url(&sb), &[], body).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(err_code(&r), ("invalid_client".into(), 7000215));
     assert!(sb.issued_app_tokens().is_empty());
 }
 
