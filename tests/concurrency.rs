@@ -66,8 +66,8 @@ async fn two_hundred_concurrent_calls_for_one_device_under_one_per_device_admit_
             .count(),
         199
     );
-    let summary = passgate::audit::verify_file(&env.audit_log).expect("audit chain verifies");
-    assert_eq!(summary.records, 201, "200 decisions + 1 outcome");
+    let summary = verify_audit(&env);
+    assert_eq!(summary, 201, "200 decisions + 1 outcome");
     env.stop().await;
 }
 
@@ -117,7 +117,7 @@ async fn per_operator_limit_is_exact_across_route_forms_and_versions() {
             .count(),
         5
     );
-    passgate::audit::verify_file(&env.audit_log).expect("audit chain verifies");
+    verify_audit(&env);
     env.stop().await;
 }
 
@@ -157,6 +157,6 @@ async fn two_policies_under_one_burst_each_admit_exactly_their_own_limit() {
     };
     assert_eq!(allowed("helpdesk-kiosk-phones"), 2);
     assert_eq!(allowed("kiosk-automation"), 5);
-    passgate::audit::verify_file(&env.audit_log).expect("audit chain verifies");
+    verify_audit(&env);
     env.stop().await;
 }

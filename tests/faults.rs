@@ -82,7 +82,7 @@ async fn still_healthy(env: &DevEnv) {
         String::from_utf8_lossy(&r.body)
     );
     assert_eq!(env.sandbox.recover_passcode_calls().len(), before + 1);
-    passgate::audit::verify_file(&env.audit_log).expect("audit chain verifies");
+    verify_audit(&env);
 }
 
 fn last_decision(env: &DevEnv) -> serde_json::Value {
@@ -492,7 +492,7 @@ async fn signing_key_rotation_is_followed_without_restart() {
 async fn audit_unwritable_fails_closed_with_nothing_recorded_or_forwarded_then_recovers() {
     let env = start().await;
     // Both the allow record and the refusal's own record fail (a full disk stays full).
-    env.gateway.audit.fail_next_writes(2);
+    env.gateway().audit.fail_next_writes(2);
     let r = alice(&env).await;
     assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.code(), "audit_unavailable");
@@ -524,7 +524,7 @@ async fn audit_unwritable_fails_closed_with_nothing_recorded_or_forwarded_then_r
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_failure_on_the_allow_record_is_refused_and_the_refusal_recorded() {
     let env = start().await;
-    env.gateway.audit.fail_next_writes(1);
+    env.gateway().audit.fail_next_writes(1);
     let r = alice(&env).await;
     assert_denied(&env, &r, 503, "audit_unavailable");
     assert!(

@@ -88,7 +88,7 @@ async fn approved_operator_on_allowed_device_is_forwarded_with_the_app_token_onl
         .expect("outcome record");
     assert_eq!(outcome["status"], 204);
     assert_eq!(outcome["request_id"], decision["request_id"]);
-    passgate::audit::verify_file(&env.audit_log).expect("audit chain verifies");
+    verify_audit(&env);
     env.stop().await;
 }
 
@@ -388,7 +388,7 @@ async fn every_refusal_has_its_status_and_reason_and_never_reaches_graph() {
         assert_eq!(rec["decision"], "deny", "{}", c.name);
         assert_eq!(rec["reason"], c.code, "{}", c.name);
     }
-    passgate::audit::verify_file(&env.audit_log).expect("audit chain verifies");
+    verify_audit(&env);
     env.stop().await;
 }
 
@@ -484,7 +484,7 @@ async fn unknown_paths_and_methods_are_refused_and_never_forwarded() {
             .collect::<Vec<_>>()
     );
     assert_eq!(decision_records(&env).len(), cases.len() + 1);
-    passgate::audit::verify_file(&env.audit_log).expect("audit chain verifies");
+    verify_audit(&env);
     env.stop().await;
 }
 
@@ -533,7 +533,7 @@ async fn a_limit_of_n_per_window_admits_exactly_n() {
             "rate_limited"
         ]
     );
-    passgate::audit::verify_file(&env.audit_log).expect("audit chain verifies");
+    verify_audit(&env);
     env.stop().await;
 }
 

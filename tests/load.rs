@@ -97,8 +97,8 @@ async fn run_load(total: usize, concurrency: usize) {
     let outcomes = records.iter().filter(|r| r["kind"] == "outcome").count();
     assert_eq!(decisions, total, "one decision record per request");
     assert_eq!(outcomes, allowed, "one outcome record per forward");
-    let summary = passgate::audit::verify_file(&env.audit_log).expect("audit chain verifies");
-    assert_eq!(summary.records as usize, total + allowed);
+    let verified = verify_audit(&env);
+    assert_eq!(verified as usize, total + allowed);
     eprintln!(
         "load: {total} requests at {concurrency} concurrent in {took:?} ({:.0} req/s), slowest {slowest:?}",
         total as f64 / took.as_secs_f64()

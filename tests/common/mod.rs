@@ -98,12 +98,48 @@ pub fn token(env: &DevEnv, operator: &str) -> String {
 }
 
 /// All audit lines as JSON values.
+/// The audit file and the files rotated out of it, in chain order (rotated names sort by seq).
+pub fn audit_set(env: &DevEnv) -> Vec<std::path::PathBuf> {
+    let dir = env.audit_log.parent().expect("audit dir");
+    let name = env
+        .audit_log
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    let mut rotated: Vec<_> = std::fs::read_dir(dir)
+        .expect("audit dir readable")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let f = p.file_name().unwrap().to_string_lossy();
+            f.starts_with(&format!("{name}.")) && !f.contains(".torn-")
+        })
+        .collect();
+    rotated.sort();
+    rotated.push(env.audit_log.clone());
+    rotated
+}
+
+/// All audit lines, across rotated files, as JSON values.
 pub fn audit_records(env: &DevEnv) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(&env.audit_log)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+    audit_set(env)
+        .iter()
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+                .collect::<Vec<serde_json::Value>>()
+        })
         .collect()
+}
+
+/// Verifies the whole chain across rotated files; returns the record count.
+pub fn verify_audit(env: &DevEnv) -> u64 {
+    let set = audit_set(env);
+    let summary = passgate::audit::verify_set(&set, &passgate::audit::VerifyOptions::default())
+        .unwrap_or_else(|e| panic!("audit chain verifies: {e}"));
+    summary.records
 }
 
 pub fn decision_records(env: &DevEnv) -> Vec<serde_json::Value> {
