@@ -327,8 +327,17 @@ async fn the_dev_binary_logs_no_secret_at_debug_level() {
         err.contains("DEBUG") || err.contains("INFO"),
         "debug logging was on: {err}"
     );
-    let everything = format!("{out}\n{err}");
-    assert_no_hits("passgate dev output", &everything, &needles(&tokens));
+    let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    assert!(
+        audit.contains("\"reason\":\"operator_not_approved\""),
+        "{audit}"
+    );
+    let everything = format!("{out}\n{err}\n{audit}");
+    assert_no_hits(
+        "passgate dev output or audit",
+        &everything,
+        &needles(&tokens),
+    );
     assert!(
         !contains_jwt(&everything),
         "a JWT appears in passgate dev's output"
