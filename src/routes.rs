@@ -204,13 +204,13 @@ pub fn parse(method: &http::Method, target: &str) -> Result<Action, RouteError> 
             format!("{method} is not allowed on this action; use POST"),
         ));
     }
-    if let Some(q) = query {
-        if !q.is_empty() {
-            return Err(refuse(
-                Reason::QueryNotAllowed,
-                "recoverPasscode takes no query parameters",
-            ));
-        }
+    // Even an empty query (`...recoverPasscode?`) is refused: what is accepted must be exactly
+    // what is forwarded, and the forwarded path never carries a `?`.
+    if query.is_some() {
+        return Err(refuse(
+            Reason::QueryNotAllowed,
+            "recoverPasscode takes no query parameters",
+        ));
     }
     Ok(Action {
         kind: ActionKind::RecoverPasscode,
@@ -356,6 +356,179 @@ mod tests {
         for c in cases {
             let e = post(&c).expect_err(&c);
             assert_eq!(e.reason, Reason::RouteNotFound, "{c}");
+        }
+    }
+
+    #[test]
+    fn an_empty_query_is_refused_too() {
+        // `...recoverPasscode?` would otherwise be accepted and forwarded without the `?`:
+        // harmless today, but it breaks "what is accepted is exactly what is forwarded".
+        let e = post(&format!(
+            "/v1.0/deviceManagement/managedDevices/{ID}/recoverPasscode?"
+        ))
+        .unwrap_err();
+        assert_eq!(e.reason, Reason::QueryNotAllowed);
+    }
+
+    /// Property tests: the matcher accepts a target only if it is, modulo ASCII case, exactly
+    /// the path passgate forwards; and no input makes it panic.
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn hex_guid() -> impl Strategy<Value = String> {
+            "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+        }
+
+        /// Flips the ASCII case of letters where `mask` says so (keeps the route valid).
+        fn recase(s: &str, mask: u64) -> String {
+            s.chars()
+                .enumerate()
+                .map(|(i, c)| {
+                    if mask >> (i % 64) & 1 == 1 {
+                        if c.is_ascii_lowercase() {
+                            c.to_ascii_uppercase()
+                        } else {
+                            c.to_ascii_lowercase()
+                        }
+                    } else {
+                        c
+                    }
+                })
+                .collect()
+        }
+
+        /// Valid targets in all three forms, both versions, random case.
+        fn valid_path() -> impl Strategy<Value = String> {
+            let version = prop_oneof![Just("v1.0"), Just("beta")];
+            let user = prop_oneof![
+                hex_guid(),
+                "[a-z][a-z0-9._-]{0,20}@[a-z0-9-]{1,10}\\.[a-z]{2,5}",
+            ];
+            let app = "[0-9a-zA-Z-]{1,64}";
+            let form = prop_oneof![
+                Just(0u8).prop_map(|_| None),
+                user.prop_map(|u| Some(format!("users/{u}"))),
+                app.prop_map(|a| Some(format!("deviceManagement/detectedApps/{a}"))),
+            ];
+            (version, form, hex_guid(), any::<u64>(), any::<u64>()).prop_map(
+                |(v, form, id, m1, m2)| {
+                    let prefix = form.unwrap_or_else(|| "deviceManagement".to_string());
+                    let fixed = recase(&format!("{v}/{prefix}/managedDevices/"), m1);
+                    let act = recase("recoverPasscode", m2);
+                    format!("/{fixed}{id}/{act}")
+                },
+            )
+        }
+
+        /// Characters a mutation may insert: the ones that trip lenient routers.
+        fn hostile_char() -> impl Strategy<Value = char> {
+            prop_oneof![
+                3 => prop::sample::select(vec![
+                    '%', '/', '.', '\\', ';', '?', '#', '@', '-', '_', '~', ' ', '+', '&', '=',
+                    ':', '\0', '\t', '\n', '\r', '\u{0441}', '\u{0435}', '\u{FF0F}',
+                    '\u{2215}', '\u{00A0}', '\u{FEFF}', '\u{0130}', '\u{212A}', 'A', 'f', '0',
+                    '2', 'F', 'e',
+                ]),
+                1 => any::<char>(),
+            ]
+        }
+
+        #[derive(Debug, Clone)]
+        enum Mutation {
+            Insert(usize, char),
+            Delete(usize),
+            Replace(usize, char),
+        }
+
+        fn mutation() -> impl Strategy<Value = Mutation> {
+            prop_oneof![
+                (any::<usize>(), hostile_char()).prop_map(|(i, c)| Mutation::Insert(i, c)),
+                any::<usize>().prop_map(Mutation::Delete),
+                (any::<usize>(), hostile_char()).prop_map(|(i, c)| Mutation::Replace(i, c)),
+            ]
+        }
+
+        fn apply(p: &str, muts: &[Mutation]) -> String {
+            let mut cs: Vec<char> = p.chars().collect();
+            for m in muts {
+                let n = cs.len();
+                match *m {
+                    Mutation::Insert(i, c) => cs.insert(i % (n + 1), c),
+                    Mutation::Delete(i) if n > 0 => {
+                        cs.remove(i % n);
+                    }
+                    Mutation::Replace(i, c) if n > 0 => cs[i % n] = c,
+                    _ => {}
+                }
+            }
+            cs.into_iter().collect()
+        }
+
+        fn assert_canonical(target: &str) -> Result<(), TestCaseError> {
+            if let Ok(a) = parse(&Method::POST, target) {
+                let up = a.upstream_path();
+                prop_assert!(
+                    up.eq_ignore_ascii_case(target),
+                    "accepted {target:?} but would forward {up:?}"
+                );
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+                cases: 2000,
+                // Found cases become named unit tests above; no stray regression files.
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            })]
+
+            #[test]
+            fn valid_paths_are_accepted_and_reserialise_to_themselves(p in valid_path()) {
+                let a = parse(&Method::POST, &p);
+                prop_assert!(a.is_ok(), "refused valid {p:?}: {a:?}");
+                assert_canonical(&p)?;
+            }
+
+            #[test]
+            fn mutated_paths_are_refused_or_still_canonical(
+                p in valid_path(),
+                muts in prop::collection::vec(mutation(), 1..5),
+            ) {
+                let m = apply(&p, &muts);
+                assert_canonical(&m)?;
+            }
+
+            #[test]
+            fn suffixed_paths_are_refused_or_still_canonical(
+                p in valid_path(),
+                suffix in prop::sample::select(vec![
+                    "?", "#", "/", "//", ";", ";x", "%00", "%2F", "?x", ".", "/.", "/..", "\\",
+                    "\u{0441}", " ", "?#",
+                ]),
+            ) {
+                assert_canonical(&format!("{p}{suffix}"))?;
+            }
+
+            #[test]
+            fn arbitrary_targets_never_panic_and_stay_canonical(
+                t in prop_oneof![
+                    any::<String>(),
+                    "/[ -~]{0,120}",
+                    "/(v1\\.0|beta|V1\\.0|%2F|\\.\\.|/|[a-zA-Z0-9%.;@-]{1,40})(/[a-zA-Z0-9%.;@?#-]{0,40}){0,7}",
+                ],
+                method in prop::sample::select(vec![
+                    Method::POST, Method::GET, Method::PUT, Method::DELETE, Method::PATCH,
+                    Method::OPTIONS, Method::CONNECT,
+                ]),
+            ) {
+                let r = parse(&method, &t);
+                if method != Method::POST {
+                    prop_assert!(r.is_err(), "{method} accepted on {t:?}");
+                }
+                assert_canonical(&t)?;
+            }
         }
     }
 

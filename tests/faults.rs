@@ -82,7 +82,7 @@ async fn still_healthy(env: &DevEnv) {
         String::from_utf8_lossy(&r.body)
     );
     assert_eq!(env.sandbox.recover_passcode_calls().len(), before + 1);
-    verify_audit(&env);
+    verify_audit(env);
 }
 
 fn last_decision(env: &DevEnv) -> serde_json::Value {

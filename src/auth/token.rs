@@ -182,14 +182,23 @@ fn claim_strings(claims: &Map<String, Value>, k: &str) -> Vec<String> {
     }
 }
 
+/// Largest time claim believed: 9999-12-31T23:59:59Z. Beyond it a value is not a real
+/// NumericDate; a float like `1e300` would otherwise saturate to `i64::MAX` and "never expire".
+const MAX_NUMERIC_DATE: i64 = 253_402_300_799;
+
 fn numeric(claims: &Map<String, Value>, k: &str) -> Result<Option<i64>, AuthError> {
     match claims.get(k) {
         None => Ok(None),
         Some(v) => v
             .as_i64()
-            .or_else(|| v.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
+            .or_else(|| {
+                v.as_f64()
+                    .filter(|f| f.is_finite() && f.abs() <= MAX_NUMERIC_DATE as f64)
+                    .map(|f| f as i64)
+            })
+            .filter(|n| n.abs() <= MAX_NUMERIC_DATE)
             .map(Some)
-            .ok_or_else(|| malformed("a time claim is not a number")),
+            .ok_or_else(|| malformed("a time claim is not a number in the range of real dates")),
     }
 }
 
@@ -390,6 +399,29 @@ mod tests {
         let mut c = v2();
         c.insert("exp".into(), json!("soon"));
         assert_eq!(reason(&c, 1500), Reason::TokenMalformed);
+    }
+
+    #[test]
+    fn out_of_range_time_claims_are_malformed_not_eternal() {
+        // Found by tests/hostile_tokens.rs: `exp: 1e300` saturated to i64::MAX and passed.
+        for exp in [
+            json!(1e300),
+            json!(f64::MAX),
+            json!(u64::MAX),
+            json!(i64::MAX),
+            json!(MAX_NUMERIC_DATE + 1),
+        ] {
+            let mut c = v2();
+            c.insert("exp".into(), exp.clone());
+            assert_eq!(reason(&c, 1500), Reason::TokenMalformed, "exp {exp}");
+        }
+        let mut c = v2();
+        c.insert("nbf".into(), json!(-1e300));
+        assert_eq!(reason(&c, 1500), Reason::TokenMalformed);
+        // Fractional NumericDates in range stay valid (RFC 7519 §2).
+        let mut c = v2();
+        c.insert("exp".into(), json!(2000.5));
+        assert!(check_claims(&c, &rules(), 1500).is_ok());
     }
 
     #[test]
