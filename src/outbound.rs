@@ -66,6 +66,8 @@ pub fn build_client(extra_ca_file: Option<&str>) -> Result<HttpsClient, ClientBu
         .build();
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
+        // Never replay a request on our own, not even one hyper believes was never sent.
+        .retry_canceled_requests(false)
         .build(connector))
 }
 

@@ -135,6 +135,15 @@ fn client_request_id(headers: &HeaderMap, fallback: &str) -> String {
         .unwrap_or_else(|| fallback.to_string())
 }
 
+/// The target as recorded in the audit trail: the path, and of a query string only that there
+/// was one. Queries are refused anyway, and one may carry a credential (`?access_token=`).
+fn audit_path(target: &str) -> String {
+    match target.split_once('?') {
+        Some((path, query)) => format!("{path}?<query of {} bytes redacted>", query.len()),
+        None => target.to_string(),
+    }
+}
+
 fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
@@ -170,7 +179,7 @@ impl Gateway {
             request_id,
             conn: conn.into(),
             method: truncate(parts.method.as_str(), 16),
-            path: truncate(&target, 2048),
+            path: truncate(&audit_path(&target), 2048),
             action: None,
             operator: None,
             device: None,

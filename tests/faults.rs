@@ -543,3 +543,29 @@ async fn audit_failure_on_the_allow_record_is_refused_and_the_refusal_recorded()
     );
     still_healthy(&env).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_kid_while_jwks_is_down_is_a_retryable_503_not_a_forgery() {
+    let env = start_cfg("", "  jwks_refresh_floor_seconds: 0").await;
+    env.sandbox.rotate_signing_key(false);
+    env.sandbox.set_fault(Fault::JwksDown);
+    // Signed with the new key, which passgate cannot fetch while Entra's key endpoint is down.
+    let fresh = token(&env, "alice");
+    let r = send(
+        "POST",
+        &action_url(&env, "kiosk-phone"),
+        &[bearer(&fresh)],
+        b"",
+    )
+    .await;
+    assert_denied(&env, &r, 503, "keys_unavailable");
+    env.sandbox.set_fault(Fault::None);
+    let r = send(
+        "POST",
+        &action_url(&env, "kiosk-phone"),
+        &[bearer(&fresh)],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 204, "recovers once the keys can be fetched");
+}

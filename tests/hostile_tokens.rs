@@ -488,9 +488,19 @@ async fn a_token_in_the_query_string_never_authenticates() {
         assert!(!String::from_utf8_lossy(&r.body).contains(t.as_str()));
     }
     assert!(env.sandbox.recover_passcode_calls().is_empty());
-    // KNOWN GAP (src/pipeline.rs, not fixed here): the audit record's `path` is the raw target
-    // including the query, so a token sent as `?access_token=` is written to the audit log.
-    // tests/secrets.rs therefore keeps query tokens out of its mix; see SECURITY.md.
+    // The audit trail records that a query was sent, never its contents.
+    let audit = std::fs::read_to_string(&env.audit_log).unwrap();
+    assert!(
+        !audit.contains(t.as_str()),
+        "a query-string token reached the audit log"
+    );
+    assert_eq!(decision_records(&env).len(), 3);
+    for rec in decision_records(&env) {
+        assert!(
+            rec["path"].as_str().unwrap().ends_with("redacted>"),
+            "{rec}"
+        );
+    }
     env.stop().await;
 }
 

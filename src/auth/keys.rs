@@ -61,6 +61,9 @@ pub struct KeyStore {
     max_age: Duration,
     state: RwLock<Snapshot>,
     stats: RwLock<KeyStats>,
+    /// Whether the most recent fetch failed (Entra unreachable): an unknown `kid` is then a
+    /// retryable outage, not proof that the token is forged.
+    last_failed: std::sync::atomic::AtomicBool,
     /// Serialises refreshes: one fetch in flight, others wait and then read the result.
     refreshing: tokio::sync::Mutex<Option<Instant>>,
 }
@@ -81,6 +84,7 @@ impl KeyStore {
             max_age,
             state: RwLock::new(Snapshot::default()),
             stats: RwLock::new(KeyStats::default()),
+            last_failed: std::sync::atomic::AtomicBool::new(false),
             refreshing: tokio::sync::Mutex::new(None),
         })
     }
@@ -92,6 +96,11 @@ impl KeyStore {
     /// The issuer from the discovery document, once fetched.
     pub fn issuer(&self) -> Option<String> {
         self.state.read().ok().and_then(|s| s.issuer.clone())
+    }
+
+    /// True when the latest key fetch failed.
+    pub fn refresh_failing(&self) -> bool {
+        self.last_failed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn has_keys(&self) -> bool {
@@ -135,6 +144,8 @@ impl KeyStore {
         }
         *last = Some(Instant::now());
         let result = self.fetch().await;
+        self.last_failed
+            .store(result.is_err(), std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut s) = self.stats.write() {
             match result {
                 Ok(_) => s.refresh_ok += 1,

@@ -147,7 +147,7 @@ impl Authenticator {
         let kid = t.header.kid.as_deref().unwrap_or_default();
         let key = match self.keys.key(kid).await {
             Some(k) => k,
-            None if !self.keys.has_keys() => {
+            None if !self.keys.has_keys() || self.keys.refresh_failing() => {
                 return Err(AuthError::new(
                     Reason::KeysUnavailable,
                     "signing keys could not be fetched; try again later",
