@@ -8,34 +8,11 @@ use passgate::dev::DevEnv;
 use passgate::sandbox::Fault;
 use std::time::{Duration, Instant};
 
-/// Parses the text exposition into (series, value) pairs; series keeps labels as written.
-fn samples(text: &str) -> Vec<(String, f64)> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            Some((series.to_string(), value.parse().ok()?))
-        })
-        .collect()
-}
-
-/// Sum of every sample of `name` whose labels contain all of `labels` (`k="v"` fragments).
-fn value(text: &str, name: &str, labels: &[&str]) -> f64 {
-    samples(text)
-        .iter()
-        .filter(|(s, _)| {
-            let base = s.split('{').next().unwrap_or("");
-            base == name && labels.iter().all(|l| s.contains(l))
-        })
-        .map(|(_, v)| v)
-        .sum()
-}
-
 async fn metric(env: &DevEnv, name: &str, labels: &[&str]) -> f64 {
     let admin = env.admin_url.as_deref().expect("admin listener");
     let r = send("GET", &format!("{admin}/metrics"), &[], b"").await;
     assert_eq!(r.status, 200);
-    value(&String::from_utf8_lossy(&r.body), name, labels)
+    metric_value(&String::from_utf8_lossy(&r.body), name, labels)
 }
 
 /// The dev config with room for several allowed calls on one device and the given `graph:` keys.

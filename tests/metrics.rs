@@ -4,29 +4,6 @@ mod common;
 use common::*;
 use passgate::sandbox::Fault;
 
-/// Parses the text exposition into (series, value) pairs; series keeps labels as written.
-fn samples(text: &str) -> Vec<(String, f64)> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            Some((series.to_string(), value.parse().ok()?))
-        })
-        .collect()
-}
-
-/// Sum of every sample of `name` whose labels contain all of `labels` (`k="v"` fragments).
-fn value(text: &str, name: &str, labels: &[&str]) -> f64 {
-    samples(text)
-        .iter()
-        .filter(|(s, _)| {
-            let base = s.split('{').next().unwrap_or("");
-            base == name && labels.iter().all(|l| s.contains(l))
-        })
-        .map(|(_, v)| v)
-        .sum()
-}
-
 async fn scrape(env: &passgate::dev::DevEnv) -> String {
     let admin = env.admin_url.as_deref().expect("admin listener");
     let r = send("GET", &format!("{admin}/metrics"), &[], b"").await;
@@ -45,8 +22,8 @@ async fn counters_and_histograms_follow_real_traffic() {
     let env = start_with(Some(cfg)).await;
     let alice = token(&env, "alice");
     let before = scrape(&env).await;
-    assert_eq!(value(&before, "passgate_build_info", &[]), 1.0);
-    assert_eq!(value(&before, "passgate_requests_total", &[]), 0.0);
+    assert_eq!(metric_value(&before, "passgate_build_info", &[]), 1.0);
+    assert_eq!(metric_value(&before, "passgate_requests_total", &[]), 0.0);
 
     // One allowed call, then our own 429 for the same device.
     assert_eq!(
@@ -157,7 +134,7 @@ async fn counters_and_histograms_follow_real_traffic() {
     env.sandbox.set_fault(Fault::None);
 
     let m = scrape(&env).await;
-    let req = |labels: &[&str]| value(&m, "passgate_requests_total", labels);
+    let req = |labels: &[&str]| metric_value(&m, "passgate_requests_total", labels);
     assert_eq!(req(&["decision=\"allow\""]), 3.0, "{m}");
     assert_eq!(req(&["reason=\"rate_limited\""]), 1.0);
     assert_eq!(req(&["reason=\"operator_not_approved\""]), 1.0);
@@ -170,7 +147,7 @@ async fn counters_and_histograms_follow_real_traffic() {
     );
     assert_eq!(req(&["route=\"device_management\""]), 8.0);
     assert_eq!(
-        value(
+        metric_value(
             &m,
             "passgate_rate_limited_total",
             &["policy=\"helpdesk-kiosk-phones\"", "scope=\"per_device\""]
@@ -178,7 +155,7 @@ async fn counters_and_histograms_follow_real_traffic() {
         1.0
     );
     let up = |class: &str| {
-        value(
+        metric_value(
             &m,
             "passgate_upstream_responses_total",
             &[&format!("class=\"{class}\"")],
@@ -189,11 +166,11 @@ async fn counters_and_histograms_follow_real_traffic() {
         (1.0, 1.0, 1.0, 0.0)
     );
     assert_eq!(
-        value(&m, "passgate_request_duration_seconds_count", &[]),
+        metric_value(&m, "passgate_request_duration_seconds_count", &[]),
         9.0
     );
     for stage in ["auth", "facts", "decide", "rate_limit", "audit", "upstream"] {
-        let n = value(
+        let n = metric_value(
             &m,
             "passgate_stage_duration_seconds_count",
             &[&format!("stage=\"{stage}\"")],
@@ -201,7 +178,7 @@ async fn counters_and_histograms_follow_real_traffic() {
         assert!(n >= 1.0, "stage {stage} observed: {n}");
     }
     assert_eq!(
-        value(
+        metric_value(
             &m,
             "passgate_stage_duration_seconds_count",
             &["stage=\"upstream\""]
@@ -209,7 +186,7 @@ async fn counters_and_histograms_follow_real_traffic() {
         3.0
     );
     assert_eq!(
-        value(
+        metric_value(
             &m,
             "passgate_app_token_refreshes_total",
             &["result=\"success\""]
@@ -217,21 +194,24 @@ async fn counters_and_histograms_follow_real_traffic() {
         1.0,
         "token cached"
     );
-    assert!(value(&m, "passgate_jwks_refreshes_total", &["result=\"success\""]) >= 1.0);
-    assert!(value(&m, "passgate_device_facts_cache_total", &["result=\"hit\""]) >= 1.0);
+    assert!(metric_value(&m, "passgate_jwks_refreshes_total", &["result=\"success\""]) >= 1.0);
+    assert!(metric_value(&m, "passgate_device_facts_cache_total", &["result=\"hit\""]) >= 1.0);
     assert!(
-        value(
+        metric_value(
             &m,
             "passgate_device_facts_cache_total",
             &["result=\"miss\""]
         ) >= 1.0
     );
     // 9 decision records + 3 outcome records, all durable.
-    assert_eq!(value(&m, "passgate_audit_records_total", &[]), 12.0);
-    assert_eq!(value(&m, "passgate_audit_write_failures_total", &[]), 0.0);
-    let fsyncs = value(&m, "passgate_audit_fsync_duration_seconds_count", &[]);
+    assert_eq!(metric_value(&m, "passgate_audit_records_total", &[]), 12.0);
+    assert_eq!(
+        metric_value(&m, "passgate_audit_write_failures_total", &[]),
+        0.0
+    );
+    let fsyncs = metric_value(&m, "passgate_audit_fsync_duration_seconds_count", &[]);
     assert!((1.0..=12.0).contains(&fsyncs), "fsyncs observed: {fsyncs}");
-    assert_eq!(value(&m, "passgate_in_flight_requests", &[]), 0.0);
+    assert_eq!(metric_value(&m, "passgate_in_flight_requests", &[]), 0.0);
     for line in m.lines().filter(|l| !l.starts_with('#')) {
         for secret in [alice.as_str(), bob.as_str()] {
             assert!(!line.contains(secret));

@@ -175,3 +175,26 @@ pub fn serve_yaml(sandbox: &passgate::sandbox::Sandbox, audit: &std::path::Path)
 
 /// The secret env var the dev config references.
 pub const SECRET_ENV: &str = "PASSGATE_SANDBOX_CLIENT_SECRET";
+
+/// Parses the text exposition into (series, value) pairs; series keeps labels as written.
+pub fn samples(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Sum of every sample of `name` whose labels contain all of `labels` (`k="v"` fragments).
+pub fn metric_value(text: &str, name: &str, labels: &[&str]) -> f64 {
+    samples(text)
+        .iter()
+        .filter(|(s, _)| {
+            let base = s.split('{').next().unwrap_or("");
+            base == name && labels.iter().all(|l| s.contains(l))
+        })
+        .map(|(_, v)| v)
+        .sum()
+}
