@@ -112,7 +112,6 @@ async fn load_2000_requests_at_64_concurrent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "30-45 s in a debug build on a busy 2-core machine; run with `cargo test --test load -- --ignored`"]
 async fn load_20000_requests_at_256_concurrent() {
     run_load(20_000, 256).await;
 }
