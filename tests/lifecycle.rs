@@ -234,3 +234,51 @@ async fn sigterm_drains_closes_the_audit_log_and_exits_zero() {
     let refused = tokio::net::TcpStream::connect(s.gateway.trim_start_matches("http://")).await;
     assert!(refused.is_err(), "no longer accepting");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once_without_tearing_the_audit_log() {
+    let sandbox = Sandbox::start(SampleTenant::contoso()).await.unwrap();
+    let tenant = sandbox.tenant().clone();
+    // A long drain deadline and a slow Graph: only the second signal can end this quickly.
+    let mut s = Served::start(&sandbox, |y| {
+        y.replacen("server:\n", "server:\n  drain_timeout_seconds: 600\n", 1)
+            .replace(
+                "graph:\n  facts_cache_ttl_seconds",
+                "graph:\n  action_timeout_seconds: 600\n  facts_cache_ttl_seconds",
+            )
+    });
+    sandbox.set_fault(passgate::sandbox::Fault::ActionDelay(Duration::from_secs(
+        300,
+    )));
+    let alice = sandbox.operator_token("alice", Duration::from_secs(600));
+    let url = s.url("kiosk-phone", &tenant);
+    let in_flight = tokio::spawn(async move { send("POST", &url, &[bearer(&alice)], b"").await });
+    // The action has reached Graph (and its allow record is durable) once the emulator saw it.
+    let deadline = std::time::Instant::now() + BOUND;
+    while sandbox.recover_passcode_calls().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the action never reached Graph"
+        );
+        tokio::task::yield_now().await;
+    }
+    s.signal("TERM");
+    s.wait_for("draining in-flight requests");
+    let started = std::time::Instant::now();
+    s.signal("TERM");
+    let status = s.wait_exit();
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "exited at once: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(status.code(), Some(0));
+    in_flight.abort();
+    let audit = std::fs::read(&s.audit).unwrap();
+    assert!(audit.ends_with(b"\n"), "no torn record");
+    let summary = passgate::audit::verify_file(&s.audit).expect("chain verifies");
+    assert!(
+        summary.records >= 1,
+        "the allow record of the in-flight call is there"
+    );
+}
