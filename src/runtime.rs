@@ -18,12 +18,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+/// A key store and the source (discovery URL and fetch settings) it was built for.
+type KeySlot = (String, Arc<KeyStore>);
+
 /// What survives a reload.
 #[derive(Clone)]
 pub struct Shared {
     pub limiter: Arc<RateLimiter>,
     pub metrics: Metrics,
     pub audit: AuditLog,
+    /// Operator-token keys, reused by a reload whose key source is unchanged.
+    keys: Arc<std::sync::Mutex<Option<KeySlot>>>,
 }
 
 impl Shared {
@@ -41,6 +46,7 @@ impl Shared {
             limiter: Arc::new(RateLimiter::new()),
             metrics,
             audit,
+            keys: Arc::default(),
         })
     }
 }
@@ -207,16 +213,40 @@ pub async fn build_gateway(settings: &Settings, shared: &Shared) -> Result<Gatew
     let client = outbound::build_client(ep.extra_ca_file.as_deref())?;
     let read_timeout = Duration::from_secs(settings.graph.read_timeout_seconds);
     let oa = &settings.operator_auth;
-    let keys = KeyStore::new(
-        client.clone(),
-        ep.oidc_discovery_url.clone(),
+    // A reload that keeps the key source keeps the keys already fetched: a brief Entra outage
+    // during a reload must not leave the new gateway without keys for a refresh-floor period.
+    let key_source = format!(
+        "{}|{:?}|{:?}|{:?}|{:?}",
+        ep.oidc_discovery_url,
+        ep.extra_ca_file,
         read_timeout,
         oa.jwks_refresh_floor,
-        oa.jwks_max_age,
+        oa.jwks_max_age
     );
-    if let Err(e) = keys.refresh_if_allowed().await {
-        tracing::error!(error = %e, "could not fetch operator-token signing keys at start-up");
-    }
+    let reusable = shared.keys.lock().ok().and_then(|k| {
+        k.as_ref()
+            .filter(|(src, _)| *src == key_source)
+            .map(|(_, ks)| ks.clone())
+    });
+    let keys = match reusable {
+        Some(k) => k,
+        None => {
+            let k = KeyStore::new(
+                client.clone(),
+                ep.oidc_discovery_url.clone(),
+                read_timeout,
+                oa.jwks_refresh_floor,
+                oa.jwks_max_age,
+            );
+            if let Err(e) = k.refresh_if_allowed().await {
+                tracing::error!(error = %e, "could not fetch operator-token signing keys");
+            }
+            if let Ok(mut slot) = shared.keys.lock() {
+                *slot = Some((key_source, k.clone()));
+            }
+            k
+        }
+    };
     let auth = Authenticator::new(
         AuthSettings {
             tenant_id: settings.tenant_id.clone(),

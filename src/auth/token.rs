@@ -196,7 +196,7 @@ fn numeric(claims: &Map<String, Value>, k: &str) -> Result<Option<i64>, AuthErro
                     .filter(|f| f.is_finite() && f.abs() <= MAX_NUMERIC_DATE as f64)
                     .map(|f| f as i64)
             })
-            .filter(|n| n.abs() <= MAX_NUMERIC_DATE)
+            .filter(|n| n.unsigned_abs() <= MAX_NUMERIC_DATE as u64)
             .map(Some)
             .ok_or_else(|| malformed("a time claim is not a number in the range of real dates")),
     }
@@ -276,10 +276,29 @@ pub fn check_claims(
         })
         .unwrap_or_default();
     let roles = claim_strings(claims, "roles");
-    let kind = if claims.contains_key("scp") || claim_str(claims, "idtyp") == Some("user") {
+    // An access token names the client that obtained it (`azp` v2, `appid` v1); an ID token
+    // does not. Refusing its absence keeps ID tokens minted for passgate's app out.
+    let has_client = match version {
+        TokenVersion::V1 => claim_str(claims, "appid").is_some(),
+        TokenVersion::V2 => claim_str(claims, "azp").is_some(),
+    };
+    if !has_client {
+        return Err(AuthError::new(
+            Reason::TokenMissingClaim,
+            "token names no client application (azp/appid): not an access token",
+        ));
+    }
+    // Delegated tokens carry `scp`; app-only tokens carry `roles` (and `idtyp: app`). A token
+    // with neither is not an access token for passgate's API.
+    let kind = if claims.contains_key("scp") {
         OperatorKind::User
-    } else {
+    } else if claim_str(claims, "idtyp") == Some("app") || !roles.is_empty() {
         OperatorKind::App
+    } else {
+        return Err(AuthError::new(
+            Reason::TokenMissingClaim,
+            "token carries neither scp nor roles: not an access token for passgate",
+        ));
     };
     if let (OperatorKind::User, Some(req)) = (kind, &rules.required_scope) {
         if !scopes.iter().any(|s| s == req) {
@@ -433,6 +452,7 @@ mod tests {
             json!(format!("https://sts.windows.net/{TID}/")),
         );
         c.insert("aud".into(), json!(["api://passgate"]));
+        c.insert("appid".into(), json!("client"));
         assert!(check_claims(&c, &rules(), 1500).is_ok());
         let mut r = rules();
         r.accept_v1 = false;
@@ -455,6 +475,30 @@ mod tests {
         app.insert("roles".into(), json!(["PassGate.RecoverPasscode"]));
         let op = check_claims(&app, &r, 1500).unwrap();
         assert_eq!(op.kind, OperatorKind::App);
+    }
+
+    #[test]
+    fn id_tokens_and_tokens_without_scp_or_roles_are_refused() {
+        // An ID token for passgate's app: right iss/aud/tid/oid, but no azp and no scp/roles.
+        let mut id_token = v2();
+        id_token.remove("azp");
+        id_token.remove("scp");
+        assert_eq!(reason(&id_token, 1500), Reason::TokenMissingClaim);
+        // A client is named but the token grants nothing.
+        let mut bare = v2();
+        bare.remove("scp");
+        assert_eq!(reason(&bare, 1500), Reason::TokenMissingClaim);
+        // v1 tokens name the client in appid.
+        let mut v1 = v2();
+        v1.insert("ver".into(), json!("1.0"));
+        v1.insert(
+            "iss".into(),
+            json!(format!("https://sts.windows.net/{TID}/")),
+        );
+        v1.remove("azp");
+        assert_eq!(reason(&v1, 1500), Reason::TokenMissingClaim);
+        v1.insert("appid".into(), json!("client"));
+        assert!(check_claims(&v1, &rules(), 1500).is_ok());
     }
 
     #[test]

@@ -253,7 +253,8 @@ impl AppTokenProvider {
                     .or_else(|| e.as_str().and_then(|s| s.parse().ok()))
             })
             .ok_or(TokenError::BadResponse)?;
-        let lifetime = Duration::from_secs(expires_in);
+        // Entra issues 60-90 minute tokens; clamp so an absurd value cannot overflow an Instant.
+        let lifetime = Duration::from_secs(expires_in.min(24 * 3600));
         let expires_at = started + lifetime;
         // Refresh ahead of expiry, but never so early that a short-lived token is refreshed on every call.
         let ahead = self.refresh_ahead.min(lifetime / 2);
