@@ -102,7 +102,14 @@ pub struct AuthSettings {
 pub struct Authenticator {
     settings: AuthSettings,
     keys: Arc<keys::KeyStore>,
+    /// SHA-256 of (key JSON, signing input, signature) for signatures already verified: a token
+    /// is re-presented for its whole lifetime, and RS256 verification dominates CPU. Positive
+    /// results only; the key is still looked up (so a withdrawn key still fails) and the claims
+    /// (exp/nbf) are still checked on every request.
+    verified: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
 }
+
+const VERIFIED_CACHE_MAX: usize = 10_000;
 
 fn jws_alg(name: &str) -> Option<CoreJwsSigningAlgorithm> {
     Some(match name {
@@ -118,7 +125,11 @@ fn jws_alg(name: &str) -> Option<CoreJwsSigningAlgorithm> {
 
 impl Authenticator {
     pub fn new(settings: AuthSettings, keys: Arc<keys::KeyStore>) -> Authenticator {
-        Authenticator { settings, keys }
+        Authenticator {
+            settings,
+            keys,
+            verified: std::sync::Mutex::new(std::collections::HashSet::new()),
+        }
     }
 
     pub fn keys(&self) -> &Arc<keys::KeyStore> {
@@ -160,9 +171,36 @@ impl Authenticator {
                 ))
             }
         };
-        key.jwk
-            .verify_signature(&alg, t.signing_input, &t.signature)
-            .map_err(|_| AuthError::new(Reason::TokenBadSignature, "token signature is invalid"))?;
+        let fingerprint: [u8; 32] = {
+            use sha2::{Digest, Sha256};
+            let mut h = Sha256::new();
+            h.update(serde_json::to_vec(&key.jwk).unwrap_or_default());
+            h.update([0]);
+            h.update(t.header.alg.as_bytes());
+            h.update([0]);
+            h.update(t.signing_input);
+            h.update([0]);
+            h.update(&t.signature);
+            h.finalize().into()
+        };
+        let known = self
+            .verified
+            .lock()
+            .map(|c| c.contains(&fingerprint))
+            .unwrap_or(false);
+        if !known {
+            key.jwk
+                .verify_signature(&alg, t.signing_input, &t.signature)
+                .map_err(|_| {
+                    AuthError::new(Reason::TokenBadSignature, "token signature is invalid")
+                })?;
+            if let Ok(mut c) = self.verified.lock() {
+                if c.len() >= VERIFIED_CACHE_MAX {
+                    c.clear();
+                }
+                c.insert(fingerprint);
+            }
+        }
         let v2_issuer = self
             .keys
             .issuer()

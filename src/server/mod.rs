@@ -194,8 +194,18 @@ async fn serve_connection<S>(
         let refuse = req.version() <= http::Version::HTTP_11
             && req.headers().contains_key(http::header::TRANSFER_ENCODING);
         let req = req.map(|b| conn::TimedBody::new(b, body_within, refuse));
+        // Each request runs to its end in its own task: if the client hangs up after the
+        // decision record is durable, the forward (if any) and its outcome record still complete.
+        let work = tokio::spawn(async move { gw.handle(req, conn).await });
         async move {
-            let resp = gw.handle(req, conn).await;
+            let resp = match work.await {
+                Ok(resp) => resp,
+                Err(_) => {
+                    let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+                    *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                    r
+                }
+            };
             drop(in_flight);
             Ok::<_, std::convert::Infallible>(resp)
         }
