@@ -185,6 +185,7 @@ write_config() { # port admin_port audit_file out
   cat >"$4" <<EOF
 server:
   listen: "127.0.0.1:$1"
+  plaintext: true
   config_watch_seconds: 0
 admin:
   listen: "127.0.0.1:$2"
@@ -386,7 +387,7 @@ check_audit() { # file allow deny
     ok=0
     return
   fi
-  records=$(sed -n 's/.*chain intact: \([0-9]*\) records.*/\1/p' <<<"$v")
+  records=$(sed -n 's/^OK: \([0-9]*\) records.*/\1/p' <<<"$v")
   dec=$(grep -c '"kind":"decision"' "$1" || true)
   out=$(grep -c '"kind":"outcome"' "$1" || true)
   orphans=$(python3 - "$1" <<'EOF2'
