@@ -37,6 +37,9 @@ pub enum KeyError {
 pub struct PublishedKey {
     pub jwk: CoreJsonWebKey,
     pub issuer: Option<String>,
+    /// SHA-256 of the key's JSON, computed once at fetch: identifies the key in the
+    /// verified-signature cache without re-serialising it on every request.
+    pub fingerprint: [u8; 32],
 }
 
 #[derive(Default)]
@@ -239,6 +242,10 @@ impl KeyStore {
                     PublishedKey {
                         jwk: jwk.clone(),
                         issuer: issuers.get(&kid).cloned(),
+                        fingerprint: {
+                            use sha2::Digest;
+                            sha2::Sha256::digest(serde_json::to_vec(jwk).unwrap_or_default()).into()
+                        },
                     },
                 );
             }

@@ -174,7 +174,7 @@ impl Authenticator {
         let fingerprint: [u8; 32] = {
             use sha2::{Digest, Sha256};
             let mut h = Sha256::new();
-            h.update(serde_json::to_vec(&key.jwk).unwrap_or_default());
+            h.update(key.fingerprint);
             h.update([0]);
             h.update(t.header.alg.as_bytes());
             h.update([0]);
