@@ -9,7 +9,7 @@ use openidconnect::JsonWebKey;
 use passgate::audit::{AuditLog, Decision, DecisionRecord, OperatorRecord, TargetRecord};
 use passgate::auth::token::{check_claims, check_header, decode, ClaimRules};
 use passgate::auth::{Operator, OperatorKind, TokenVersion};
-use passgate::graph::facts::DeviceFacts;
+use passgate::policy::DeviceFacts;
 use passgate::policy::{FactsOutcome, Limit, LimitScope, PolicySet, PolicySettings};
 use passgate::routes;
 use std::collections::BTreeSet;

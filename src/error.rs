@@ -16,6 +16,10 @@ pub enum Reason {
     MethodNotAllowed,
     MeRouteNotSupported,
     RequestBodyNotAllowed,
+    /// The body could not be read (the client broke the framing or hung up mid-body).
+    RequestBodyUnreadable,
+    /// The body did not arrive within the server's deadline.
+    RequestBodyTimeout,
     QueryNotAllowed,
     // --- operator token ---
     TokenMissing,
@@ -57,6 +61,8 @@ impl Reason {
             Reason::MethodNotAllowed => "method_not_allowed",
             Reason::MeRouteNotSupported => "me_route_not_supported",
             Reason::RequestBodyNotAllowed => "request_body_not_allowed",
+            Reason::RequestBodyUnreadable => "request_body_unreadable",
+            Reason::RequestBodyTimeout => "request_body_timeout",
             Reason::QueryNotAllowed => "query_not_allowed",
             Reason::TokenMissing => "token_missing",
             Reason::TokenMalformed => "token_malformed",
@@ -96,7 +102,10 @@ impl Reason {
             }
             Reason::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Reason::MeRouteNotSupported | Reason::QueryNotAllowed => StatusCode::BAD_REQUEST,
-            Reason::RequestBodyNotAllowed => StatusCode::BAD_REQUEST,
+            Reason::RequestBodyNotAllowed | Reason::RequestBodyUnreadable => {
+                StatusCode::BAD_REQUEST
+            }
+            Reason::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Reason::TokenMissing
             | Reason::TokenMalformed
             | Reason::TokenTypeNotAllowed
@@ -134,6 +143,31 @@ impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// Why the request body could not be read. The listener's body wrapper produces these; the
+/// pipeline maps each to its own reason, so a hang-up is never reported as a refused body.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("request body not received within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("Transfer-Encoding is not accepted: the action takes no request body")]
+    TransferEncoding,
+    #[error("{0}")]
+    Inner(String),
+}
+
+/// An error and its causes on one line (`outer: cause: root cause`), for logs. Error types here
+/// keep their cause as a `source` instead of repeating it in their own message.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
 }
 
 #[derive(Serialize)]
@@ -203,6 +237,15 @@ mod tests {
         assert_eq!(v["error"]["innerError"]["request-id"], "rid");
         assert_eq!(v["error"]["innerError"]["client-request-id"], "crid");
         assert_eq!(v["error"]["innerError"]["date"], "2023-11-14T22:13:20");
+    }
+
+    #[test]
+    fn chain_names_every_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] std::io::Error);
+        let e = Outer(std::io::Error::other("disk on fire"));
+        assert_eq!(chain(&e), "outer: disk on fire");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! odd characters) is refused here, so what is forwarded is exactly what was authorised.
 
 use crate::error::Reason;
+use crate::text::guid;
 
 /// Graph API version segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -218,25 +219,6 @@ pub fn parse(method: &http::Method, target: &str) -> Result<Action, RouteError> 
         form,
         managed_device_id,
     })
-}
-
-/// Lower-cased GUID if `s` is exactly 8-4-4-4-12 hex digits.
-pub fn guid(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    if b.len() != 36 {
-        return None;
-    }
-    for (i, c) in b.iter().enumerate() {
-        let ok = if matches!(i, 8 | 13 | 18 | 23) {
-            *c == b'-'
-        } else {
-            c.is_ascii_hexdigit()
-        };
-        if !ok {
-            return None;
-        }
-    }
-    Some(s.to_ascii_lowercase())
 }
 
 /// `/users/{id}` accepts an object id (GUID) or a user principal name.

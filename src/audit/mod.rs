@@ -1,6 +1,7 @@
 //! Tamper-evident audit log: hash-chained JSON Lines, made durable (fsync) before any forward.
-//! This module knows nothing of policy internals or hyper; it takes plain record structs and must
-//! never report a record as written before the fsync that covers it.
+//! The writer knows nothing of policy or hyper: it takes plain record structs and must never
+//! report a record as written before the fsync that covers it. [`commit`] is the one bridge from
+//! the typed request lifecycle (`Permit` → [`Authorized`]) to those records.
 //!
 //! # Line format
 //!
@@ -33,6 +34,7 @@
 //! that a keyed verification accepts.
 
 pub mod cli;
+pub mod commit;
 mod line;
 pub mod record;
 pub mod search;
@@ -42,6 +44,9 @@ pub mod writer;
 #[cfg(test)]
 mod tests;
 
+pub use commit::{
+    Authorized, CommitError, DenialNote, RecordedDenial, Uncommitted, COMMIT_TIMEOUT,
+};
 pub use line::GENESIS_PREV;
 pub use record::{
     Decision, DecisionRecord, DeviceRecord, OperatorRecord, OutcomeRecord, RecoveryRecord,

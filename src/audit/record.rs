@@ -96,14 +96,4 @@ pub struct RecoveryRecord {
 /// Longest `path` kept in a decision line, in bytes.
 pub const MAX_PATH_BYTES: usize = 2048;
 
-/// Truncates `s` to at most `max` bytes without splitting a UTF-8 character.
-pub(crate) fn truncate_on_char_boundary(s: &mut String, max: usize) {
-    if s.len() <= max {
-        return;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s.truncate(end);
-}
+pub(crate) use crate::text::truncate_in_place as truncate_on_char_boundary;

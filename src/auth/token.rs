@@ -249,7 +249,7 @@ pub fn check_claims(
         ));
     }
     let tid = claim_str(claims, "tid")
-        .and_then(crate::routes::guid)
+        .and_then(crate::text::guid)
         .ok_or_else(|| AuthError::new(Reason::TokenMissingClaim, "token has no tid claim"))?;
     if tid != rules.tenant_id {
         return Err(AuthError::new(
@@ -265,7 +265,7 @@ pub fn check_claims(
         ));
     }
     let oid = claim_str(claims, "oid")
-        .and_then(crate::routes::guid)
+        .and_then(crate::text::guid)
         .ok_or_else(|| AuthError::new(Reason::TokenMissingClaim, "token has no oid claim"))?;
     let scopes: Vec<String> = claim_str(claims, "scp")
         .map(|s| {

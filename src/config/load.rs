@@ -185,7 +185,7 @@ impl Validator<'_> {
         let mut app = raw.app.clone();
         let ap = root.key("app");
         // Not echoed: a client secret pasted into the wrong key must not end up in a log.
-        app.client_id = crate::routes::guid(raw.app.client_id.trim()).ok_or_else(|| {
+        app.client_id = crate::text::guid(raw.app.client_id.trim()).ok_or_else(|| {
             self.err(
                 &ap.key("client_id"),
                 true,
@@ -386,7 +386,7 @@ impl Validator<'_> {
                 "an Application (client) ID or Application ID URI",
             )?;
             let a = a.trim();
-            audiences.push(crate::routes::guid(a).unwrap_or_else(|| a.to_string()));
+            audiences.push(crate::text::guid(a).unwrap_or_else(|| a.to_string()));
         }
 
         let vp = p.key("token_versions");
@@ -644,7 +644,7 @@ impl Validator<'_> {
 
     fn guid(&self, path: &KeyPath, s: &str, what: &str) -> R<String> {
         let t = s.trim();
-        crate::routes::guid(t).ok_or_else(|| {
+        crate::text::guid(t).ok_or_else(|| {
             self.err(path, true, format!("`{t}` is not a GUID"), &format!("write {what}: 8-4-4-4-12 hex digits, e.g. 00000000-0000-0000-0000-000000000000"))
         })
     }

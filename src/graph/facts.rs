@@ -1,30 +1,13 @@
 //! Device facts: what the policy needs to know about a managed device, read from Graph with the
-//! app token (read-only calls only). Never calls an action endpoint.
+//! app token (read-only calls only). Never calls an action endpoint; produces the policy's own
+//! [`DeviceFacts`] type, so the pure decision never depends on this module.
 
-use serde::Serialize;
-use std::collections::BTreeSet;
-
-/// What Graph told us about the target device. Ids are lower-cased.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DeviceFacts {
-    pub managed_device_id: String,
-    /// Intune `azureADDeviceId` (the Entra *deviceId*, not the directory object id). `None` when
-    /// the device is not Entra-registered (absent or all-zero GUID).
-    pub azure_ad_device_id: Option<String>,
-    /// Directory object id of the Entra device, when it could be resolved.
-    pub device_object_id: Option<String>,
-    /// Intune `operatingSystem`, as Graph spelled it.
-    pub operating_system: String,
-    pub user_principal_name: Option<String>,
-    pub user_id: Option<String>,
-    /// Which of the group ids passgate asked about the device is a (transitive) member of.
-    pub member_of: BTreeSet<String>,
-}
-
-use super::token::AppTokenProvider;
+use super::token::{AppTokenProvider, TokenError};
 use crate::outbound::{self, HttpsClient};
+use crate::policy::DeviceFacts;
 use bytes::Bytes;
 use http_body_util::Full;
+use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,17 +17,51 @@ const CHECK_MEMBER_GROUPS_MAX: usize = 20;
 const MAX_BODY: usize = 256 * 1024;
 const ZERO_GUID: &str = "00000000-0000-0000-0000-000000000000";
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why the facts could not be read. Clone (one failed fetch answers every request waiting on
+/// it), so causes that are not Clone are shared behind an `Arc`. Display never repeats the
+/// source: log with [`crate::error::chain`] to see the whole cause.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum FactsError {
     #[error("managed device not found")]
     NotFound,
-    #[error("device facts unavailable: {0}")]
-    Unavailable(String),
+    /// Graph could not be asked or gave an unusable answer (timeout, 5xx, throttling, bad JSON).
+    #[error("device facts unavailable ({step})")]
+    Unavailable {
+        /// Which read failed: `managedDevice`, `device`, `checkMemberGroups`.
+        step: &'static str,
+        #[source]
+        cause: FactsFailure,
+    },
     /// No app token to read with: Entra's token endpoint failed. Kept apart from `Unavailable` so
     /// the operator sees the same `app_token_unavailable` whether the token was needed for the
     /// facts or (with facts cached) for the action.
-    #[error("app token unavailable: {0}")]
-    AppToken(String),
+    #[error("app token unavailable for the device facts")]
+    AppToken(#[source] TokenError),
+}
+
+/// The cause of [`FactsError::Unavailable`].
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FactsFailure {
+    #[error("request to Graph failed")]
+    Fetch(#[source] Arc<outbound::FetchError>),
+    #[error("Graph answered HTTP {0}")]
+    Status(u16),
+    #[error("Graph answered malformed JSON")]
+    Malformed(#[source] Arc<serde_json::Error>),
+    #[error("the request to Graph could not be built")]
+    Request(#[source] Arc<http::Error>),
+    #[error("Graph's answer lacks {0}")]
+    Missing(&'static str),
+    #[error("the Entra device vanished during the lookup")]
+    Vanished,
+    #[error("the facts cache lock was poisoned")]
+    Poisoned,
+}
+
+impl FactsFailure {
+    fn at(self, step: &'static str) -> FactsError {
+        FactsError::Unavailable { step, cause: self }
+    }
 }
 
 /// Cache counters for metrics.
@@ -102,7 +119,7 @@ impl FactsClient {
             let mut cache = self
                 .cache
                 .lock()
-                .map_err(|_| FactsError::Unavailable("facts cache poisoned".into()))?;
+                .map_err(|_| FactsFailure::Poisoned.at("cache"))?;
             let now = Instant::now();
             if cache.len() > 10_000 {
                 cache.retain(|_, (t, _)| now.duration_since(*t) < self.ttl);
@@ -131,7 +148,7 @@ impl FactsClient {
             .clone();
         if matches!(
             result,
-            Err(FactsError::Unavailable(_) | FactsError::AppToken(_))
+            Err(FactsError::Unavailable { .. } | FactsError::AppToken(_))
         ) {
             if let Ok(mut cache) = self.cache.lock() {
                 if cache.get(&key).is_some_and(|(_, s)| Arc::ptr_eq(s, &slot)) {
@@ -142,41 +159,37 @@ impl FactsClient {
         result
     }
 
+    /// One read-only call; `step` names it in the error.
     async fn call(
         &self,
-        req: http::Request<Full<Bytes>>,
+        step: &'static str,
+        req: Result<http::Request<Full<Bytes>>, http::Error>,
     ) -> Result<(http::StatusCode, serde_json::Value), FactsError> {
+        let req = req.map_err(|e| FactsFailure::Request(Arc::new(e)).at(step))?;
         let resp = outbound::fetch(&self.client, req, self.timeout, MAX_BODY)
             .await
-            .map_err(|e| FactsError::Unavailable(e.to_string()))?;
+            .map_err(|e| FactsFailure::Fetch(Arc::new(e)).at(step))?;
         if resp.status == http::StatusCode::NOT_FOUND {
             return Ok((resp.status, serde_json::Value::Null));
         }
         if !resp.status.is_success() {
-            return Err(FactsError::Unavailable(format!(
-                "Graph answered HTTP {}",
-                resp.status.as_u16()
-            )));
+            return Err(FactsFailure::Status(resp.status.as_u16()).at(step));
         }
         let v = serde_json::from_slice(&resp.body)
-            .map_err(|_| FactsError::Unavailable("Graph answered malformed JSON".into()))?;
+            .map_err(|e| FactsFailure::Malformed(Arc::new(e)).at(step))?;
         Ok((resp.status, v))
     }
 
     async fn fetch(&self, id: &str, groups: &[String]) -> Result<DeviceFacts, FactsError> {
-        let token = self
-            .tokens
-            .token()
-            .await
-            .map_err(|e| FactsError::AppToken(e.to_string()))?;
+        let token = self.tokens.token().await.map_err(FactsError::AppToken)?;
         let bearer = Some(token.secret());
         let root = &self.graph_root;
         let url = format!(
             "{root}/v1.0/deviceManagement/managedDevices/{id}?$select=id,azureADDeviceId,operatingSystem,userPrincipalName,userId"
         );
-        let req =
-            outbound::get(&url, bearer).map_err(|e| FactsError::Unavailable(e.to_string()))?;
-        let (status, md) = self.call(req).await?;
+        let (status, md) = self
+            .call("managedDevice", outbound::get(&url, bearer))
+            .await?;
         if status == http::StatusCode::NOT_FOUND {
             return Err(FactsError::NotFound);
         }
@@ -186,11 +199,10 @@ impl FactsClient {
                 .filter(|s| !s.is_empty())
                 .map(String::from)
         };
-        let operating_system = text("operatingSystem").ok_or_else(|| {
-            FactsError::Unavailable("managedDevice has no operatingSystem".into())
-        })?;
+        let operating_system = text("operatingSystem")
+            .ok_or_else(|| FactsFailure::Missing("operatingSystem").at("managedDevice"))?;
         let azure_ad_device_id = text("azureADDeviceId")
-            .and_then(|s| crate::routes::guid(&s))
+            .and_then(|s| crate::text::guid(&s))
             .filter(|g| g != ZERO_GUID);
         let mut facts = DeviceFacts {
             managed_device_id: id.to_string(),
@@ -208,9 +220,7 @@ impl FactsClient {
             return Ok(facts);
         }
         let url = format!("{root}/v1.0/devices(deviceId='{device_id}')?$select=id");
-        let req =
-            outbound::get(&url, bearer).map_err(|e| FactsError::Unavailable(e.to_string()))?;
-        let (status, dev) = self.call(req).await?;
+        let (status, dev) = self.call("device", outbound::get(&url, bearer)).await?;
         if status == http::StatusCode::NOT_FOUND {
             // Intune knows an Entra device id the directory does not: treat as unregistered.
             facts.azure_ad_device_id = None;
@@ -219,8 +229,8 @@ impl FactsClient {
         let object_id = dev
             .get("id")
             .and_then(|v| v.as_str())
-            .and_then(crate::routes::guid)
-            .ok_or_else(|| FactsError::Unavailable("Entra device has no id".into()))?;
+            .and_then(crate::text::guid)
+            .ok_or_else(|| FactsFailure::Missing("id").at("device"))?;
         for chunk in groups.chunks(CHECK_MEMBER_GROUPS_MAX) {
             let body = serde_json::json!({ "groupIds": chunk }).to_string();
             let req =
@@ -231,22 +241,19 @@ impl FactsClient {
                     )
                     .header(http::header::CONTENT_TYPE, "application/json")
                     .header(http::header::ACCEPT, "application/json")
-                    .body(Full::new(Bytes::from(body)))
-                    .map_err(|e| FactsError::Unavailable(e.to_string()))?;
-            let (status, v) = self.call(req).await?;
+                    .body(Full::new(Bytes::from(body)));
+            let (status, v) = self.call("checkMemberGroups", req).await?;
             if status == http::StatusCode::NOT_FOUND {
-                return Err(FactsError::Unavailable(
-                    "Entra device vanished during lookup".into(),
-                ));
+                return Err(FactsFailure::Vanished.at("checkMemberGroups"));
             }
             let ids = v
                 .get("value")
                 .and_then(|v| v.as_array())
-                .ok_or_else(|| FactsError::Unavailable("checkMemberGroups: no value".into()))?;
+                .ok_or_else(|| FactsFailure::Missing("value").at("checkMemberGroups"))?;
             for g in ids
                 .iter()
                 .filter_map(|g| g.as_str())
-                .filter_map(crate::routes::guid)
+                .filter_map(crate::text::guid)
             {
                 // Only record what we asked about; Graph echoing anything else is ignored.
                 if chunk.contains(&g) {

@@ -1,12 +1,11 @@
-//! The one forward of an authorised action to Graph. Its single entry point demands a policy
-//! [`Permit`] and a durable [`AuditReceipt`], so "forwarded without being authorised and recorded"
-//! cannot be written. It never retries the POST and never passes an inbound header through.
+//! The one forward of an authorised action to Graph. Its single entry point demands an
+//! [`Authorized`] — a policy permit whose allow record is durable — so "forwarded without being
+//! authorised and recorded" cannot be written. It never retries the POST and never passes an
+//! inbound header through.
 
 use super::token::{AppTokenProvider, TokenError};
-use crate::audit::AuditReceipt;
+use crate::audit::Authorized;
 use crate::outbound::{self, HttpsClient};
-use crate::policy::Permit;
-use crate::routes::Action;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body_util::Full;
@@ -22,14 +21,18 @@ const RETURNED_HEADERS: [&str; 4] = [
     "retry-after",
 ];
 
+/// Why Graph gave no answer. Display never repeats the source; log with
+/// [`crate::error::chain`].
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
-    #[error("app token unavailable: {0}")]
+    #[error("app token unavailable")]
     AppToken(#[from] TokenError),
     #[error("Graph did not answer within {0:?}; the action may or may not have run")]
     Timeout(Duration),
-    #[error("Graph unreachable: {0}")]
-    Unreachable(String),
+    #[error("Graph unreachable")]
+    Unreachable(#[source] outbound::FetchError),
+    #[error("the request to Graph could not be built")]
+    Request(#[source] http::Error),
 }
 
 /// Graph's answer, reduced to what goes back to the operator.
@@ -66,19 +69,15 @@ impl Forwarder {
         }
     }
 
-    /// Sends the action with the app token. Consumes the permit: one permit, one call.
-    pub async fn forward(
-        &self,
-        permit: Permit,
-        receipt: &AuditReceipt,
-        action: &Action,
-        client_request_id: &str,
-    ) -> Result<Upstream, ForwardError> {
+    /// Sends the action with the app token. Consumes the authorization: one approval of one
+    /// action, one call.
+    pub async fn forward(&self, authorized: Authorized) -> Result<Upstream, ForwardError> {
         let token = self.tokens.token().await?;
-        let url = format!("{}{}", self.graph_root, action.upstream_path());
+        let url = format!("{}{}", self.graph_root, authorized.action().upstream_path());
         tracing::debug!(
-            policy = permit.policy(),
-            audit_seq = receipt.seq(),
+            request_id = authorized.request_id(),
+            policy = authorized.permit().policy(),
+            audit_seq = authorized.seq(),
             "forwarding"
         );
         let req = http::Request::post(url)
@@ -92,16 +91,16 @@ impl Forwarder {
                 http::header::USER_AGENT,
                 concat!("passgate/", env!("CARGO_PKG_VERSION")),
             )
-            .header("client-request-id", client_request_id)
+            .header("client-request-id", authorized.client_request_id())
             .header("return-client-request-id", "true")
             .body(Full::new(Bytes::new()))
-            .map_err(|e| ForwardError::Unreachable(e.to_string()))?;
-        drop(permit);
+            .map_err(ForwardError::Request)?;
+        drop(authorized);
         let resp = outbound::fetch(&self.client, req, self.timeout, MAX_UPSTREAM_BODY)
             .await
             .map_err(|e| match e {
                 outbound::FetchError::Timeout(d) => ForwardError::Timeout(d),
-                other => ForwardError::Unreachable(other.to_string()),
+                other => ForwardError::Unreachable(other),
             })?;
         let mut headers = HeaderMap::new();
         for name in RETURNED_HEADERS {

@@ -2,10 +2,10 @@
 //! device satisfies one of them. No I/O, no clock, no hyper; deny by default. A [`Candidate`] is
 //! only an allow *before* rate limits — it cannot be forwarded on; only a `Permit` can.
 
+use super::facts::{DeviceFacts, FactsOutcome};
 use super::{Limit, PolicySettings};
 use crate::auth::Operator;
 use crate::error::Reason;
-use crate::graph::facts::DeviceFacts;
 use crate::routes::{Action, RouteForm};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,30 +35,38 @@ impl Denial {
     }
 }
 
-/// What the facts lookup produced for the target device.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FactsOutcome {
-    Found(DeviceFacts),
-    /// Graph answered that the managed device does not exist.
-    NotFound,
-    /// Graph could not be asked (timeout, 5xx, throttled): fail closed.
-    Unavailable,
-}
-
-/// An allow before limits. Private fields and no public constructor: only [`PolicySet::decide`]
+/// An allow before limits: the action, the operator, the device facts it was decided on and the
+/// policy that admitted it. Private fields and no public constructor: only [`PolicySet::decide`]
 /// makes one, and only `RateLimiter::admit` turns it into a `Permit`.
 #[derive(Debug)]
 pub struct Candidate {
+    action: Action,
+    operator: Operator,
+    device: DeviceFacts,
     policy: String,
     limits: Vec<Limit>,
 }
 
 impl Candidate {
+    pub fn action(&self) -> &Action {
+        &self.action
+    }
+    pub fn operator(&self) -> &Operator {
+        &self.operator
+    }
+    pub fn device(&self) -> &DeviceFacts {
+        &self.device
+    }
     pub fn policy(&self) -> &str {
         &self.policy
     }
     pub fn limits(&self) -> &[Limit] {
         &self.limits
+    }
+    /// The facts it was decided on, for the record of a refusal further on. Giving them back
+    /// proves nothing: only `decide` makes a `Candidate`.
+    pub fn into_parts(self) -> (Action, Operator, DeviceFacts, String) {
+        (self.action, self.operator, self.device, self.policy)
     }
 }
 
@@ -234,6 +242,9 @@ impl PolicySet {
             match device_failure(p, device, facts) {
                 None => {
                     return Ok(Candidate {
+                        action: action.clone(),
+                        operator: op.clone(),
+                        device: facts.clone(),
                         policy: p.name.clone(),
                         limits: p.limits.clone(),
                     })

@@ -3,7 +3,7 @@
 //! request consumes nothing. Time is passed in: this module never reads the clock.
 
 use super::decide::{Candidate, Denial};
-use super::{Limit, LimitScope, RateInfo};
+use super::{DeviceFacts, Limit, LimitScope, RateInfo};
 use crate::auth::Operator;
 use crate::error::Reason;
 use crate::routes::Action;
@@ -11,22 +11,45 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Proof that policy AND limits admitted the request. Private fields and no public constructor:
-/// only [`RateLimiter::admit`] makes one, so "forwarded without a decision" cannot be written.
+/// Proof that policy AND limits admitted this action, for this operator, on this device, under
+/// this policy. Private fields and no public constructor: only [`RateLimiter::admit`] makes one,
+/// so "forwarded without a decision" cannot be written. The next step (the audit commit) consumes
+/// it; an approval step would sit between the two and consume it first.
 #[derive(Debug)]
 pub struct Permit {
-    policy: String,
+    candidate: Candidate,
     rate: Option<RateInfo>,
 }
 
 impl Permit {
+    pub fn action(&self) -> &Action {
+        self.candidate.action()
+    }
+    pub fn operator(&self) -> &Operator {
+        self.candidate.operator()
+    }
+    pub fn device(&self) -> &DeviceFacts {
+        self.candidate.device()
+    }
     pub fn policy(&self) -> &str {
-        &self.policy
+        self.candidate.policy()
     }
     /// The tightest limit after this admission; None when the policy has no limits.
     pub fn rate(&self) -> Option<&RateInfo> {
         self.rate.as_ref()
     }
+    /// Gives up the permit (e.g. its audit commit failed), keeping what it was about.
+    pub fn into_candidate(self) -> Candidate {
+        self.candidate
+    }
+}
+
+/// A candidate the limits refused: nothing was consumed. The candidate comes back so the refusal
+/// can be recorded with everything that was established about the request.
+#[derive(Debug)]
+pub struct RateLimited {
+    pub candidate: Candidate,
+    pub denial: Denial,
 }
 
 /// A limiter key. Keyed by policy *name*, so state survives a reload for policies that keep it.
@@ -83,14 +106,9 @@ impl RateLimiter {
     /// Checks and consumes ALL the candidate's limits atomically (all-or-nothing). On refusal the
     /// reason is `RateLimited` and `retry_after` is when the blocking key next has room, rounded
     /// up to whole seconds (at least 1).
-    pub fn admit(
-        &self,
-        candidate: Candidate,
-        action: &Action,
-        op: &Operator,
-        now: Instant,
-    ) -> Result<Permit, Denial> {
+    pub fn admit(&self, candidate: Candidate, now: Instant) -> Result<Permit, Box<RateLimited>> {
         let policy = candidate.policy().to_string();
+        let (action, op) = (candidate.action(), candidate.operator());
         let limits = candidate.limits();
         // A poisoned lock only means another thread panicked mid-update; the timestamps are
         // still a consistent set, so keep enforcing rather than failing every request.
@@ -135,7 +153,7 @@ impl RateLimiter {
         }
         if let Some((wait, info)) = blocked {
             drop_empty(&mut state, &keys);
-            return Err(Denial {
+            let denial = Denial {
                 reason: Reason::RateLimited,
                 message: format!(
                     "policy '{policy}' allows at most {} {} per {}; retry in {} s",
@@ -151,7 +169,9 @@ impl RateLimiter {
                 policy: Some(policy),
                 retry_after: Some(wait),
                 rate: Some(info),
-            });
+            };
+            drop(state);
+            return Err(Box::new(RateLimited { candidate, denial }));
         }
 
         // Phase 2: consume all, then report the tightest (fewest remaining, then soonest reset).
@@ -179,8 +199,9 @@ impl RateLimiter {
                 tightest = Some(info);
             }
         }
+        drop(state);
         Ok(Permit {
-            policy,
+            candidate,
             rate: tightest,
         })
     }
@@ -257,7 +278,7 @@ fn describe(scope: LimitScope, window: Duration) -> String {
 mod tests {
     use super::*;
     use crate::policy::decide::tests::{action, operator, policy, DEV, OID};
-    use crate::policy::decide::FactsOutcome;
+    use crate::policy::FactsOutcome;
     use crate::policy::{PolicySet, PolicySettings};
     use crate::routes::RouteForm;
 
@@ -282,7 +303,7 @@ mod tests {
         let ps = PolicySet::new(vec![p]);
         let op = operator(oid);
         let a = action(RouteForm::DeviceManagement, device);
-        let facts = crate::graph::facts::DeviceFacts {
+        let facts = crate::policy::DeviceFacts {
             managed_device_id: device.into(),
             azure_ad_device_id: None,
             device_object_id: None,
@@ -322,12 +343,7 @@ mod tests {
         ) -> Result<Permit, Denial> {
             let c = candidate(name, limits.to_vec(), oid, device);
             let now = self.t0 + Duration::from_millis(secs_ms);
-            self.rl.admit(
-                c,
-                &action(RouteForm::DeviceManagement, device),
-                &operator(oid),
-                now,
-            )
+            self.rl.admit(c, now).map_err(|r| r.denial)
         }
     }
 

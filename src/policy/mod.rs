@@ -3,9 +3,11 @@
 //! and lets the caller prove (via [`Permit`]) that policy *and* limits admitted a request.
 
 pub mod decide;
+pub mod facts;
 pub mod limiter;
 
-pub use decide::{Candidate, Denial, FactsOutcome, OperatorScreen, PolicySet};
+pub use decide::{Candidate, Denial, OperatorScreen, PolicySet};
+pub use facts::{DeviceFacts, FactsOutcome};
 pub use limiter::{Permit, RateLimiter};
 
 use serde::Serialize;

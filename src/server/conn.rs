@@ -164,15 +164,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum BodyError {
-    #[error("request body not received within {0:?}")]
-    Timeout(Duration),
-    #[error("Transfer-Encoding is not accepted: the action takes no request body")]
-    TransferEncoding,
-    #[error("{0}")]
-    Inner(String),
-}
+pub use crate::error::BodyError;
 
 /// The request body as the pipeline sees it: failing after `within`, or at once when the request
 /// used `Transfer-Encoding` (the action takes no body, and a chunked body beside a Content-Length

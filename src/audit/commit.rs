@@ -1,0 +1,234 @@
+//! The bridge from the typed request lifecycle to audit records: `commit_allow` turns a `Permit`
+//! into the `Authorized` the forwarder demands, `commit_deny` records a refusal. Records are
+//! built here from the lifecycle's typed outputs and nothing else. This module must never hand
+//! out an `Authorized` for a record that is not durable, nor one for a denial.
+
+use super::record::{Decision, DecisionRecord, DeviceRecord, OperatorRecord, TargetRecord};
+use super::{AuditError, AuditLog};
+use crate::auth::{Operator, OperatorKind};
+use crate::error::Reason;
+use crate::lifecycle::{Inbound, Known};
+use crate::policy::{DeviceFacts, Permit, RateInfo};
+use crate::routes::{Action, RouteForm};
+use std::time::Duration;
+
+/// How long a request waits for its decision record to be durable before failing closed: a disk
+/// that hangs must not hold requests forever.
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a decision record was not committed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error("the audit record could not be written")]
+    Audit(#[from] AuditError),
+    #[error("the audit record was not durable within {0:?}")]
+    Stalled(Duration),
+}
+
+/// Proof that this permit's allow record is durable: the only thing `Forwarder::forward` takes.
+/// Private fields; only [`AuditLog::commit_allow`] makes one.
+#[derive(Debug)]
+pub struct Authorized {
+    permit: Permit,
+    seq: u64,
+    hash: String,
+    request_id: String,
+    client_request_id: String,
+}
+
+impl Authorized {
+    pub fn permit(&self) -> &Permit {
+        &self.permit
+    }
+    pub fn action(&self) -> &Action {
+        self.permit.action()
+    }
+    /// Sequence number of the allow record in the audit chain.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+    /// Hash of the allow record, as written in its `hash` field.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+    /// The id the forward carries to Graph, so Graph's logs line up with the audit trail.
+    pub fn client_request_id(&self) -> &str {
+        &self.client_request_id
+    }
+    pub fn rate(&self) -> Option<&RateInfo> {
+        self.permit.rate()
+    }
+}
+
+/// A permit whose allow record could not be committed; nothing may be forwarded for it.
+#[derive(Debug)]
+pub struct Uncommitted {
+    pub permit: Permit,
+    pub error: CommitError,
+}
+
+/// Proof that a refusal was recorded. It leads nowhere: no forward accepts it.
+#[derive(Debug)]
+pub struct RecordedDenial {
+    seq: u64,
+}
+
+impl RecordedDenial {
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+/// A refusal to record: the reason, the status answered and a message for the operator.
+#[derive(Debug, Clone, Copy)]
+pub struct DenialNote<'a> {
+    pub reason: Reason,
+    pub status: u16,
+    pub message: &'a str,
+}
+
+/// Longest refusal message kept in a record, in bytes.
+const MAX_MESSAGE_BYTES: usize = 512;
+
+impl AuditLog {
+    /// Makes the allow record of `permit` durable, within [`COMMIT_TIMEOUT`].
+    pub async fn commit_allow(
+        &self,
+        inbound: &Inbound,
+        permit: Permit,
+    ) -> Result<Authorized, Box<Uncommitted>> {
+        let rec = decision_record(
+            inbound,
+            Subject {
+                action: Some(permit.action()),
+                operator: Some(permit.operator()),
+                device: Some(permit.device()),
+                policy: Some(permit.policy()),
+            },
+            Decision::Allow,
+            Reason::Allowed,
+            None,
+            None,
+        );
+        match self.commit(rec).await {
+            Ok(receipt) => Ok(Authorized {
+                permit,
+                seq: receipt.seq(),
+                hash: receipt.hash().to_string(),
+                request_id: inbound.request_id.clone(),
+                client_request_id: inbound.client_request_id.clone(),
+            }),
+            Err(error) => Err(Box::new(Uncommitted { permit, error })),
+        }
+    }
+
+    /// Makes the record of a refusal durable, within [`COMMIT_TIMEOUT`].
+    pub async fn commit_deny(
+        &self,
+        inbound: &Inbound,
+        known: &Known,
+        note: DenialNote<'_>,
+    ) -> Result<RecordedDenial, CommitError> {
+        let message = crate::text::truncated(note.message, MAX_MESSAGE_BYTES).to_string();
+        let rec = decision_record(
+            inbound,
+            Subject {
+                action: known.action.as_ref(),
+                operator: known.operator.as_ref(),
+                device: known.device.as_ref(),
+                policy: known.policy.as_deref(),
+            },
+            Decision::Deny,
+            note.reason,
+            Some(note.status),
+            Some(message),
+        );
+        let receipt = self.commit(rec).await?;
+        Ok(RecordedDenial { seq: receipt.seq() })
+    }
+
+    async fn commit(&self, rec: DecisionRecord) -> Result<super::AuditReceipt, CommitError> {
+        match tokio::time::timeout(COMMIT_TIMEOUT, self.record_decision(rec)).await {
+            Ok(written) => Ok(written?),
+            Err(_) => Err(CommitError::Stalled(COMMIT_TIMEOUT)),
+        }
+    }
+}
+
+/// What a decision record says the request was about.
+struct Subject<'a> {
+    action: Option<&'a Action>,
+    operator: Option<&'a Operator>,
+    device: Option<&'a DeviceFacts>,
+    policy: Option<&'a str>,
+}
+
+fn decision_record(
+    inbound: &Inbound,
+    about: Subject<'_>,
+    decision: Decision,
+    reason: Reason,
+    status: Option<u16>,
+    message: Option<String>,
+) -> DecisionRecord {
+    DecisionRecord {
+        request_id: inbound.request_id.clone(),
+        client_request_id: Some(inbound.client_request_id.clone()),
+        client_ip: inbound.conn.client_ip.to_string(),
+        client_cert_subject: inbound.conn.client_cert_subject.clone(),
+        method: inbound.method.clone(),
+        path: inbound.path.clone(),
+        action: about.action.map(|a| a.kind.as_str().to_string()),
+        api_version: about.action.map(|a| a.version.as_str().to_string()),
+        operator: about.operator.map(operator_record),
+        target: about.action.map(target_record),
+        device: about.device.map(device_record),
+        decision,
+        reason: reason.as_str().to_string(),
+        policy: about.policy.map(str::to_string),
+        status,
+        message,
+    }
+}
+
+fn operator_record(o: &Operator) -> OperatorRecord {
+    OperatorRecord {
+        oid: o.oid.clone(),
+        tid: o.tid.clone(),
+        upn: o.upn.clone(),
+        kind: match o.kind {
+            OperatorKind::User => "user".into(),
+            OperatorKind::App => "app".into(),
+        },
+        client_app_id: o.client_app_id.clone(),
+    }
+}
+
+fn target_record(a: &Action) -> TargetRecord {
+    TargetRecord {
+        managed_device_id: a.managed_device_id.clone(),
+        route_form: a.form.label().to_string(),
+        user_id: match &a.form {
+            RouteForm::User { user_id } => Some(user_id.clone()),
+            _ => None,
+        },
+        detected_app_id: match &a.form {
+            RouteForm::DetectedApp { detected_app_id } => Some(detected_app_id.clone()),
+            _ => None,
+        },
+    }
+}
+
+fn device_record(f: &DeviceFacts) -> DeviceRecord {
+    DeviceRecord {
+        azure_ad_device_id: f.azure_ad_device_id.clone(),
+        device_object_id: f.device_object_id.clone(),
+        operating_system: f.operating_system.clone(),
+        user_principal_name: f.user_principal_name.clone(),
+        user_id: f.user_id.clone(),
+        member_of: f.member_of.iter().cloned().collect(),
+    }
+}
