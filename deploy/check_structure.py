@@ -28,7 +28,7 @@ def load_yaml(rel):
         return [d for d in yaml.safe_load_all(f) if d is not None]
 
 
-# The metric contract: names and label sets the gateway exports (README "Metrics").
+# The metric contract: names and label sets the gateway exports (docs/operations.md, "Metrics").
 # Histograms are listed by base name; _bucket/_sum/_count are accepted.
 CONTRACT = {
     "passgate_requests_total": {"route", "decision", "reason"},
