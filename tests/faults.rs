@@ -139,6 +139,16 @@ async fn graph_refusing_the_action_is_502_upstream_unreachable_with_an_outcome_r
         1,
         "only the primer"
     );
+    // Allowed by policy but never served: counted under the failure, not as "allowed".
+    let served = |reason: &'static str| {
+        let env = &env;
+        async move {
+            let labels = ["decision=\"allow\"", reason];
+            metric(env, "passgate_requests_total", &labels).await
+        }
+    };
+    assert_eq!(served("reason=\"allowed\"").await, 1.0, "only the primer");
+    assert_eq!(served("reason=\"upstream_unreachable\"").await, 1.0);
     assert_eq!(
         metric(
             &env,

@@ -203,6 +203,31 @@ async fn a_request_body_is_refused_and_a_huge_one_is_not_buffered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stalls_or_breaks_is_refused_as_what_it_is() {
+    let env = start_with(Some(with_server(
+        "  limits:\n    header_read_timeout_seconds: 1\n",
+    )))
+    .await;
+    let path = action_path(&env, "kiosk-phone");
+    // 3 of 10 announced bytes, then silence: the body deadline passes.
+    let mut s = connect(&env).await;
+    let head = post(&path, "Content-Length: 10\r\n");
+    s.write_all(format!("{head}abc").as_bytes()).await.unwrap();
+    let a = answers(&read_to_close(&mut s).await);
+    assert_eq!(a[0].status(), 408, "{a:?}");
+    assert_eq!(a[0].code(), "request_body_timeout");
+    // 3 of 10 announced bytes, then the client stops sending: the body cannot be read.
+    let mut s = connect(&env).await;
+    s.write_all(format!("{head}abc").as_bytes()).await.unwrap();
+    s.shutdown().await.unwrap();
+    let a = answers(&read_to_close(&mut s).await);
+    assert_eq!(a[0].status(), 400, "{a:?}");
+    assert_eq!(a[0].code(), "request_body_unreadable");
+    no_calls(&env);
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_1_0_is_answered_and_closed() {
     let env = start().await;
     let req = format!(
