@@ -85,9 +85,13 @@ pub const RESTART_ONLY: &[RestartOnly] = &[
         key: "admin.enabled",
         differs: |a, b| a.admin_listen.is_some() != b.admin_listen.is_some(),
     },
+    // Only while the admin listener is on in both (switching it is `admin.enabled`).
     RestartOnly {
         key: "admin.listen",
-        differs: |a, b| a.raw.admin.listen != b.raw.admin.listen,
+        differs: |a, b| match (&a.admin_listen, &b.admin_listen) {
+            (Some(x), Some(y)) => x != y,
+            _ => false,
+        },
     },
     RestartOnly {
         key: "audit.path",
@@ -588,7 +592,7 @@ mod tests {
             ),
             (
                 "admin.listen",
-                (|s| s.raw.admin.listen = "127.0.0.1:1".into()),
+                (|s| s.admin_listen = Some("127.0.0.1:1".into())),
             ),
             ("admin.enabled", (|s| s.admin_listen = None)),
             ("server.plaintext", (|s| s.server.plaintext = false)),
