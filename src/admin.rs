@@ -1,13 +1,16 @@
 //! The admin listener: `/metrics` (Prometheus text format), `/healthz` (the process is alive)
-//! and `/readyz` (ready to serve: keys fetched, app token obtainable, audit writable). It is a
-//! separate port, loopback by default, and never serves the privileged action.
+//! and `/readyz` (ready to serve: keys fetched, app token obtainable, audit writable; it also
+//! names config keys that changed but wait for a restart). It is a separate port, loopback by
+//! default, served by the same accept loop, connection limit and timeouts as the gateway
+//! ([`crate::server::serve`]), and never serves the privileged action.
 
+use crate::lifecycle::ConnInfo;
 use crate::pipeline::Gateway;
 use crate::runtime::Live;
+use crate::server::{self, ServeOptions};
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use http_body_util::Full;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
@@ -72,7 +75,18 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
     r
 }
 
-pub async fn route(gw: &Gateway, method: &Method, path: &str) -> Response<Full<Bytes>> {
+/// The `/readyz` line naming restart-only keys the config file changed (none: `None`). It does
+/// not fail readiness: the process serves correctly, with the values it started with.
+pub fn restart_note(pending: &[&str]) -> Option<String> {
+    (!pending.is_empty()).then(|| {
+        format!(
+            "note restart_required: changed in the config file, applied only after a restart: {}\n",
+            pending.join(", ")
+        )
+    })
+}
+
+pub async fn route(live: &Live, method: &Method, path: &str) -> Response<Full<Bytes>> {
     if method != Method::GET && method != Method::HEAD {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -82,16 +96,16 @@ pub async fn route(gw: &Gateway, method: &Method, path: &str) -> Response<Full<B
     }
     match path {
         "/metrics" => {
-            gw.sync_metrics();
+            live.sync_metrics();
             text(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
-                gw.metrics.encode(),
+                live.get().metrics.encode(),
             )
         }
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
-            let checks = readiness(gw).await;
+            let checks = readiness(&live.get()).await;
             let ready = checks.iter().all(|c| c.ok);
             let mut body = String::from(if ready { "ready\n" } else { "not ready\n" });
             for c in &checks {
@@ -101,6 +115,9 @@ pub async fn route(gw: &Gateway, method: &Method, path: &str) -> Response<Full<B
                     c.name,
                     c.detail
                 ));
+            }
+            if let Some(note) = restart_note(&live.restart_pending()) {
+                body.push_str(&note);
             }
             let status = if ready {
                 StatusCode::OK
@@ -113,40 +130,34 @@ pub async fn route(gw: &Gateway, method: &Method, path: &str) -> Response<Full<B
     }
 }
 
-/// Serves the admin endpoints until `shutdown` resolves.
+/// The admin endpoints as an [`server::App`].
+struct Admin(Arc<Live>);
+
+impl server::App for Admin {
+    fn call(
+        &self,
+        req: server::Request,
+        _conn: ConnInfo,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = server::Reply> + Send>> {
+        let live = self.0.clone();
+        Box::pin(async move { route(&live, req.method(), req.uri().path()).await })
+    }
+}
+
+/// Serves the admin endpoints until `shutdown` resolves: plain HTTP, under the limits in `opts`
+/// (the gateway's `server:` settings, reloads included) with a connection pool of its own, so a
+/// flood on one port cannot take the other's slots.
 pub async fn serve(
     live: Arc<Live>,
     listener: TcpListener,
+    opts: ServeOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    // Out of file descriptors and similar: back off instead of spinning a core.
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        let live = live.clone();
-        tokio::spawn(async move {
-            let svc =
-                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let gw = live.get();
-                    async move {
-                        Ok::<_, std::convert::Infallible>(
-                            route(&gw, req.method(), req.uri().path()).await,
-                        )
-                    }
-                });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+    server::serve(
+        Arc::new(Admin(live)),
+        listener,
+        opts.without_tls(),
+        shutdown,
+    )
+    .await
 }

@@ -3,7 +3,7 @@
 //! The sandbox's endpoints replace the config's; nothing here is ever used by `serve`.
 
 use crate::config::{self, SecretRef, Settings};
-use crate::runtime::{self, Live, Shared};
+use crate::runtime::{self, Live, Shared, StartError};
 use crate::sandbox::{SampleTenant, Sandbox};
 use crate::server;
 use std::path::PathBuf;
@@ -45,7 +45,7 @@ pub enum DevError {
     #[error("{0}")]
     Config(#[from] config::ConfigError),
     #[error("{0}")]
-    Start(#[from] server::StartError),
+    Start(#[from] runtime::StartError),
     #[error("temporary directory: {0}")]
     TempDir(std::io::Error),
 }
@@ -125,36 +125,39 @@ pub async fn start(opts: DevOptions) -> Result<DevEnv, DevError> {
     bind_to_sandbox(&mut settings, &sandbox, &audit_log);
     let shared = Shared::open(&settings)?;
     let live = Live::new(runtime::build_gateway(&settings, &shared).await?);
-    let listener = server::bind(&opts.listen).await?;
+    let serve_opts = server::ServeOptions::from_settings(&settings).map_err(StartError::from)?;
+    let listener = server::bind(&opts.listen).await.map_err(StartError::from)?;
     let addr = listener
         .local_addr()
-        .map_err(|source| server::StartError::Listen {
+        .map_err(|source| server::ListenError {
             addr: opts.listen.clone(),
             source,
-        })?;
+        })
+        .map_err(StartError::from)?;
     let (tx, rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let admin_url = match &opts.admin_listen {
         Some(a) => {
-            let admin = server::bind(a).await?;
+            let admin = server::bind(a).await.map_err(StartError::from)?;
             let admin_addr = admin
                 .local_addr()
-                .map_err(|source| server::StartError::Listen {
+                .map_err(|source| server::ListenError {
                     addr: a.clone(),
                     source,
-                })?;
+                })
+                .map_err(StartError::from)?;
             tokio::spawn(crate::admin::serve(
                 live.clone(),
                 admin,
+                serve_opts.clone(),
                 stopped(rx.clone()),
             ));
             Some(format!("http://{admin_addr}"))
         }
         None => None,
     };
-    let serve_opts = server::ServeOptions::from_settings(&settings)?;
     let tls = serve_opts.tls.clone();
     let served = tokio::spawn(server::serve(
         live.clone(),

@@ -211,16 +211,20 @@ async fn serve(path: &std::path::Path) -> ExitCode {
             tokio::spawn(passgate::admin::serve(
                 live.clone(),
                 admin,
+                opts.clone(),
                 stopped(stop_rx.clone()),
             ));
             tracing::info!(admin = %admin_bound, "admin endpoints serving");
         }
-        let drain = Duration::from_secs(settings.raw.server.drain_timeout_seconds);
-        let watch_every = settings.raw.server.config_watch_seconds;
-        let reloader = Reloader::new(path.to_path_buf(), live.clone(), shared.clone(), settings);
-        if watch_every > 0 {
-            tokio::spawn(reloader.clone().watch(Duration::from_secs(watch_every)));
-        }
+        let reloader = Reloader::new(
+            path.to_path_buf(),
+            live.clone(),
+            shared.clone(),
+            settings,
+            opts.clone(),
+        );
+        // Always running: it reads `config_watch_seconds` as in force, and idles while it is 0.
+        tokio::spawn(reloader.clone().watch());
         let mut serving = tokio::spawn(server::serve(
             live.clone(),
             listener,
@@ -232,7 +236,8 @@ async fn serve(path: &std::path::Path) -> ExitCode {
         while let Signal::Reload = signals.next().await {
             let _ = reloader.reload().await;
         }
-        // Stop accepting; let in-flight requests finish up to the deadline.
+        // Stop accepting; let in-flight requests finish up to the deadline (as last reloaded).
+        let drain = Duration::from_secs(reloader.settings().raw.server.drain_timeout_seconds);
         tracing::info!(deadline = ?drain, "shutting down: draining in-flight requests");
         let _ = stop_tx.send(true);
         let forced = tokio::select! {
@@ -258,7 +263,7 @@ async fn serve(path: &std::path::Path) -> ExitCode {
         if tokio::time::timeout(bound, closing).await.is_err() {
             tracing::error!("audit log did not close in time");
         }
-        Ok::<(), server::StartError>(())
+        Ok::<(), runtime::StartError>(())
     };
     match run.await {
         Ok(()) => ExitCode::SUCCESS,

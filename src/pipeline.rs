@@ -48,38 +48,6 @@ pub struct Gateway {
     pub metrics: Metrics,
 }
 
-impl Gateway {
-    /// Brings the counters kept by components (token, keys, cache, audit) into the registry.
-    pub fn sync_metrics(&self) {
-        let m = &self.metrics;
-        let sync = Metrics::sync_counter;
-        let t = self.tokens.stats();
-        sync(
-            &m.app_token_refreshes.with_label_values(&["success"]),
-            t.refresh_ok,
-        );
-        sync(
-            &m.app_token_refreshes.with_label_values(&["failure"]),
-            t.refresh_failed,
-        );
-        let k = self.auth.keys().stats();
-        sync(
-            &m.jwks_refreshes.with_label_values(&["success"]),
-            k.refresh_ok,
-        );
-        sync(
-            &m.jwks_refreshes.with_label_values(&["failure"]),
-            k.refresh_failed,
-        );
-        let f = self.facts.stats();
-        sync(&m.facts_cache.with_label_values(&["hit"]), f.hits);
-        sync(&m.facts_cache.with_label_values(&["miss"]), f.misses);
-        let a = self.audit.stats();
-        sync(&m.audit_records, a.records_written);
-        sync(&m.audit_write_failures, a.write_failures);
-    }
-}
-
 /// The operator, established from their token, and the action they asked for.
 struct Authenticated {
     action: Action,

@@ -1,22 +1,126 @@
 //! The gateway's lifetime: the parts that outlive a configuration (rate-limit state, the audit
-//! writer, the metrics registry), assembling a [`Gateway`] from settings, and swapping it
-//! atomically on reload. A reload never reopens the audit file and never resets limits; an
-//! invalid new configuration leaves the running one untouched.
+//! writer, the metrics registry), assembling a [`Gateway`] from settings, and applying a reload:
+//! the new gateway swapped in atomically, the listener settings and TLS files replaced for new
+//! connections, and every key a reload cannot apply ([`RESTART_ONLY`]) reported by name. A reload
+//! never reopens the audit file and never resets limits; an invalid new configuration leaves the
+//! running one untouched, and a changed restart-only key is never silently ignored.
 
-use crate::audit::AuditLog;
+use crate::audit::{AuditError, AuditLog, AuditOptionsError};
 use crate::auth::{keys::KeyStore, AuthSettings, Authenticator};
-use crate::config::{self, AssertionFormat, Settings};
+use crate::config::{self, AssertionFormat, SecretError, Settings};
 use crate::graph::facts::FactsClient;
 use crate::graph::forward::Forwarder;
 use crate::graph::token::{AppCredential, AppTokenProvider};
 use crate::outbound;
+use crate::lifecycle::ConnInfo;
 use crate::pipeline::Gateway;
 use crate::policy::{PolicySet, RateLimiter};
-use crate::server::StartError;
-use crate::telemetry::Metrics;
+use crate::server::{self, ListenError, ServeOptions, TlsError, TlsFiles};
+use crate::telemetry::{CounterFeed, Metrics};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
+
+/// Why passgate could not start (or a reload could not build its gateway).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("secret {what}: {source}")]
+    Secret {
+        what: &'static str,
+        #[source]
+        source: SecretError,
+    },
+    #[error("certificate credential: neither client_secret nor certificate set")]
+    NoCredential,
+    #[error("certificate credential: {path}: {source}")]
+    CertificateFile {
+        path: String,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("certificate credential: private key is not an RSA PKCS#8 or PKCS#1 PEM key")]
+    CertificateKey,
+    #[error("outbound client: {0}")]
+    Client(#[from] outbound::ClientBuildError),
+    #[error("audit log: {0}")]
+    AuditOptions(#[from] AuditOptionsError),
+    #[error("audit log: {path}: {source}")]
+    Audit {
+        path: String,
+        #[source]
+        source: AuditError,
+    },
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+}
+
+/// A key a reload cannot apply to the running process.
+pub struct RestartOnly {
+    /// The key as written in the config file.
+    pub key: &'static str,
+    /// Whether two configurations differ on it.
+    differs: fn(&Settings, &Settings) -> bool,
+}
+
+/// Every restart-only key, and the one place that says so: a reload compares the file with the
+/// values the process started with on each of these, warns by key name, sets
+/// `passgate_config_restart_required` and lists them in `/readyz`. Every other key takes effect
+/// on reload.
+pub const RESTART_ONLY: &[RestartOnly] = &[
+    RestartOnly {
+        key: "server.listen",
+        differs: |a, b| a.listen != b.listen,
+    },
+    // Turning TLS on or off (its file paths and intervals reload).
+    RestartOnly {
+        key: "server.tls",
+        differs: |a, b| a.tls.is_some() != b.tls.is_some(),
+    },
+    RestartOnly {
+        key: "server.plaintext",
+        differs: |a, b| a.server.plaintext != b.server.plaintext,
+    },
+    RestartOnly {
+        key: "admin.enabled",
+        differs: |a, b| a.admin_listen.is_some() != b.admin_listen.is_some(),
+    },
+    // Only while the admin listener is on in both (switching it is `admin.enabled`).
+    RestartOnly {
+        key: "admin.listen",
+        differs: |a, b| match (&a.admin_listen, &b.admin_listen) {
+            (Some(x), Some(y)) => x != y,
+            _ => false,
+        },
+    },
+    RestartOnly {
+        key: "audit.path",
+        differs: |a, b| a.audit.path != b.audit.path,
+    },
+    // The reference (env var or file name) is compared, not the key it resolves to.
+    RestartOnly {
+        key: "audit.hmac_key",
+        differs: |a, b| a.audit.hmac_key != b.audit.hmac_key,
+    },
+    RestartOnly {
+        key: "audit.rotate_max_bytes",
+        differs: |a, b| a.audit.rotate_max_bytes != b.audit.rotate_max_bytes,
+    },
+    RestartOnly {
+        key: "audit.rotate_max_age_seconds",
+        differs: |a, b| a.audit.rotate_max_age_seconds != b.audit.rotate_max_age_seconds,
+    },
+];
+
+/// The restart-only keys on which `file` differs from the process started with `running`.
+pub fn restart_required(running: &Settings, file: &Settings) -> Vec<&'static str> {
+    RESTART_ONLY
+        .iter()
+        .filter(|r| (r.differs)(running, file))
+        .map(|r| r.key)
+        .collect()
+}
 
 /// A key store and the source (discovery URL and fetch settings) it was built for.
 type KeySlot = (String, Arc<KeyStore>);
@@ -35,10 +139,14 @@ impl Shared {
     /// Opens the audit log named by the settings and creates fresh limiter and metrics.
     pub fn open(settings: &Settings) -> Result<Shared, StartError> {
         // The error names the env var or file of the HMAC key, never the key.
-        let opts = crate::audit::AuditOptions::from_config(&settings.audit)
-            .map_err(|e| StartError::Audit(e.to_string()))?;
-        let audit = AuditLog::open_with(Path::new(&settings.audit.path), opts)
-            .map_err(|e| StartError::Audit(format!("{}: {e}", settings.audit.path)))?;
+        let opts = crate::audit::AuditOptions::from_config(&settings.audit)?;
+        let audit =
+            AuditLog::open_with(Path::new(&settings.audit.path), opts).map_err(|source| {
+                StartError::Audit {
+                    path: settings.audit.path.clone(),
+                    source,
+                }
+            })?;
         let metrics = Metrics::new();
         let fsync = metrics.audit_fsync.clone();
         audit.set_fsync_observer(Arc::new(move |d: Duration| fsync.observe(d.as_secs_f64())));
@@ -51,16 +159,66 @@ impl Shared {
     }
 }
 
+/// Feeds for the counts kept by per-gateway components (see [`CounterFeed`]).
+#[derive(Default)]
+struct Feeds {
+    token_ok: CounterFeed,
+    token_failed: CounterFeed,
+    jwks_ok: CounterFeed,
+    jwks_failed: CounterFeed,
+    facts_hit: CounterFeed,
+    facts_miss: CounterFeed,
+}
+
+/// Copies one gateway's component statistics into the registry. The app-token provider, the
+/// facts cache and the key store may be replaced by a reload, so their counts go through
+/// per-object feeds; the audit log lives as long as the registry and is synced absolutely.
+fn sync_metrics(gw: &Arc<Gateway>, feeds: &Feeds) {
+    let m = &gw.metrics;
+    let t = gw.tokens.stats();
+    let refreshes = |r| m.app_token_refreshes.with_label_values(&[r]);
+    feeds
+        .token_ok
+        .feed(&refreshes("success"), &gw.tokens, t.refresh_ok);
+    feeds
+        .token_failed
+        .feed(&refreshes("failure"), &gw.tokens, t.refresh_failed);
+    let keys = gw.auth.keys();
+    let k = keys.stats();
+    let jwks = |r| m.jwks_refreshes.with_label_values(&[r]);
+    feeds.jwks_ok.feed(&jwks("success"), keys, k.refresh_ok);
+    feeds
+        .jwks_failed
+        .feed(&jwks("failure"), keys, k.refresh_failed);
+    // The facts client is the gateway's own: the gateway stands for it.
+    let f = gw.facts.stats();
+    let facts = |r| m.facts_cache.with_label_values(&[r]);
+    feeds.facts_hit.feed(&facts("hit"), gw, f.hits);
+    feeds.facts_miss.feed(&facts("miss"), gw, f.misses);
+    let sync = Metrics::sync_counter;
+    let a = gw.audit.stats();
+    sync(&m.audit_records, a.records_written);
+    sync(&m.audit_write_failures, a.write_failures);
+}
+
 /// The gateway currently in force. Each request takes its own `Arc`, so a request that started
 /// under one configuration finishes under it even if a reload swaps in another meanwhile.
 pub struct Live {
     current: RwLock<Arc<Gateway>>,
+    /// Gateways a reload replaced, while requests may still hold them: their counts still count.
+    retired: Mutex<Vec<Weak<Gateway>>>,
+    feeds: Feeds,
+    /// Restart-only keys on which the config file differs from the running process.
+    restart_pending: RwLock<Vec<&'static str>>,
 }
 
 impl Live {
     pub fn new(gateway: Gateway) -> Arc<Live> {
         Arc::new(Live {
             current: RwLock::new(Arc::new(gateway)),
+            retired: Mutex::default(),
+            feeds: Feeds::default(),
+            restart_pending: RwLock::default(),
         })
     }
 
@@ -73,10 +231,62 @@ impl Live {
 
     fn swap(&self, next: Gateway) {
         let next = Arc::new(next);
-        match self.current.write() {
-            Ok(mut g) => *g = next,
-            Err(poisoned) => *poisoned.into_inner() = next,
+        let old = match self.current.write() {
+            Ok(mut g) => std::mem::replace(&mut *g, next),
+            Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), next),
+        };
+        // Read the old gateway's counts now; it is read again while requests still hold it.
+        sync_metrics(&old, &self.feeds);
+        self.retired_lock().push(Arc::downgrade(&old));
+    }
+
+    fn retired_lock(&self) -> std::sync::MutexGuard<'_, Vec<Weak<Gateway>>> {
+        let mut r = match self.retired.lock() {
+            Ok(r) => r,
+            Err(p) => p.into_inner(),
+        };
+        r.retain(|w| w.strong_count() > 0);
+        r
+    }
+
+    /// Brings the registry's component counters up to date with every gateway still alive.
+    pub fn sync_metrics(&self) {
+        let alive: Vec<Arc<Gateway>> = self
+            .retired_lock()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for gw in alive.iter().chain([&self.get()]) {
+            sync_metrics(gw, &self.feeds);
         }
+    }
+
+    /// Restart-only keys the config file changed since the process started (see
+    /// [`RESTART_ONLY`]); empty when the file matches the running process on all of them.
+    pub fn restart_pending(&self) -> Vec<&'static str> {
+        match self.restart_pending.read() {
+            Ok(p) => p.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn set_restart_pending(&self, keys: Vec<&'static str>) {
+        match self.restart_pending.write() {
+            Ok(mut p) => *p = keys,
+            Err(p) => *p.into_inner() = keys,
+        }
+    }
+}
+
+impl server::App for Live {
+    fn call(
+        &self,
+        req: server::Request,
+        conn: ConnInfo,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = server::Reply> + Send>> {
+        // The gateway in force when the request arrived serves it to the end, across reloads.
+        let gw = self.get();
+        Box::pin(async move { gw.handle(req, conn).await })
     }
 }
 
@@ -88,25 +298,49 @@ pub enum ReloadError {
     Start(#[from] StartError),
 }
 
-/// Re-reads the config file and swaps in a new gateway when it is valid.
+/// Re-reads the config file and applies it when it is valid.
 pub struct Reloader {
     path: PathBuf,
     live: Arc<Live>,
     shared: Shared,
+    /// The listener settings (shared with the admin listener) and TLS files.
+    listener: ServeOptions,
+    /// What the process started with: restart-only keys are compared against it, not against
+    /// the previous reload, so a key stays reported until the file matches the process again.
+    started: Settings,
     running: RwLock<Settings>,
+    /// Woken after each successful reload (the file watcher's interval may have changed).
+    applied: tokio::sync::Notify,
     /// Serialises reloads (SIGHUP and the file watcher may fire together).
     busy: tokio::sync::Mutex<()>,
 }
 
 impl Reloader {
-    pub fn new(path: PathBuf, live: Arc<Live>, shared: Shared, running: Settings) -> Arc<Reloader> {
+    pub fn new(
+        path: PathBuf,
+        live: Arc<Live>,
+        shared: Shared,
+        running: Settings,
+        listener: ServeOptions,
+    ) -> Arc<Reloader> {
         Arc::new(Reloader {
             path,
             live,
             shared,
+            listener,
+            started: running.clone(),
             running: RwLock::new(running),
+            applied: tokio::sync::Notify::new(),
             busy: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// The settings in force (the last valid file; restart-only keys as listed in `/readyz`).
+    pub fn settings(&self) -> Settings {
+        self.running
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Parse + validate + build + swap. On any error the running gateway stays in force.
@@ -120,6 +354,7 @@ impl Reloader {
                 m.config_last_reload_success
                     .set(chrono::Utc::now().timestamp() as f64);
                 tracing::info!(config = %self.path.display(), "configuration reloaded");
+                self.applied.notify_waiters();
             }
             Err(e) => {
                 m.config_reloads.with_label_values(&["failure"]).inc();
@@ -131,39 +366,64 @@ impl Reloader {
 
     async fn try_reload(&self) -> Result<(), ReloadError> {
         let next = config::load_file(&self.path)?;
-        {
-            let running = self.running.read().unwrap_or_else(|p| p.into_inner());
-            for (what, old, new) in [
-                ("server.listen", &running.listen, &next.listen),
-                ("audit.path", &running.audit.path, &next.audit.path),
-            ] {
-                if old != new {
-                    tracing::warn!(
-                        key = what,
-                        "changed in the config file but only takes effect after a restart"
-                    );
+        // Everything that can fail comes first; nothing is applied until all of it succeeded.
+        let tls = match (&self.listener.tls, &next.tls) {
+            (Some(served), Some(t)) => {
+                let files = TlsFiles::from(t);
+                if files != served.files() {
+                    let staged = served.stage(files).map_err(StartError::from)?;
+                    Some((served, staged))
+                } else {
+                    None
                 }
             }
-            if running.admin_listen != next.admin_listen {
-                tracing::warn!(
-                    key = "admin.listen",
-                    "changed in the config file but only takes effect after a restart"
-                );
-            }
-        }
+            // Turning TLS on or off is restart-only.
+            _ => None,
+        };
         let gateway = build_gateway(&next, &self.shared).await?;
         self.live.swap(gateway);
+        if let Some((served, staged)) = tls {
+            served.install(staged);
+            tracing::info!(cert = %served.files().cert_file.display(), "TLS files changed by the reload; new connections get them");
+        }
+        self.listener.set_server(next.server.clone());
+        let pending = restart_required(&self.started, &next);
+        for key in &pending {
+            tracing::warn!(
+                key,
+                "changed in the config file but only takes effect after a restart; still running with the value it started with"
+            );
+        }
+        self.shared
+            .metrics
+            .config_restart_required
+            .set(i64::from(!pending.is_empty()));
+        self.live.set_restart_pending(pending);
         *self.running.write().unwrap_or_else(|p| p.into_inner()) = next;
         Ok(())
     }
 
-    /// Polls the file every `interval` and reloads when its bytes change.
-    pub async fn watch(self: Arc<Self>, interval: Duration) {
+    /// Polls the file every `server.config_watch_seconds` (as in force: a reload may change it;
+    /// 0 waits for a reload by signal instead) and reloads when its bytes change.
+    pub async fn watch(self: Arc<Self>) {
         let mut last = std::fs::read(&self.path).ok();
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            let applied = self.applied.notified();
+            let every = self.settings().raw.server.config_watch_seconds;
+            let due = async {
+                if every == 0 {
+                    std::future::pending::<()>().await;
+                }
+                tokio::time::sleep(Duration::from_secs(every)).await;
+            };
+            tokio::select! {
+                _ = due => {}
+                _ = applied => {
+                    // A reload (perhaps by signal) just read the file: start over from it.
+                    last = std::fs::read(&self.path).ok();
+                    continue;
+                }
+            }
             let now = std::fs::read(&self.path).ok();
             if now.is_some() && now != last {
                 last = now;
@@ -175,30 +435,36 @@ impl Reloader {
 
 fn app_credential(settings: &Settings) -> Result<AppCredential, StartError> {
     if let Some(secret) = &settings.app.client_secret {
-        let s = secret.resolve().map_err(|e| StartError::Secret {
+        let s = secret.resolve().map_err(|source| StartError::Secret {
             what: "app.client_secret",
-            detail: e.to_string(),
+            source,
         })?;
         return Ok(AppCredential::Secret(s.expose().to_string()));
     }
-    let cert = settings.app.certificate.as_ref().ok_or_else(|| {
-        StartError::Certificate("neither client_secret nor certificate set".into())
-    })?;
+    let cert = settings
+        .app
+        .certificate
+        .as_ref()
+        .ok_or(StartError::NoCredential)?;
     use rsa::pkcs1::DecodeRsaPrivateKey;
     use rsa::pkcs8::DecodePrivateKey;
     use rustls_pki_types::pem::PemObject;
     let cert_der = rustls_pki_types::CertificateDer::from_pem_file(&cert.cert_file)
-        .map_err(|e| StartError::Certificate(format!("{}: {e}", cert.cert_file)))?
+        .map_err(|source| StartError::CertificateFile {
+            path: cert.cert_file.clone(),
+            source,
+        })?
         .to_vec();
-    let pem = cert.private_key.resolve().map_err(|e| StartError::Secret {
-        what: "app.certificate.private_key",
-        detail: e.to_string(),
-    })?;
+    let pem = cert
+        .private_key
+        .resolve()
+        .map_err(|source| StartError::Secret {
+            what: "app.certificate.private_key",
+            source,
+        })?;
     let key = rsa::RsaPrivateKey::from_pkcs8_pem(pem.expose())
         .or_else(|_| rsa::RsaPrivateKey::from_pkcs1_pem(pem.expose()))
-        .map_err(|_| {
-            StartError::Certificate("private key is not an RSA PKCS#8 or PKCS#1 PEM key".into())
-        })?;
+        .map_err(|_| StartError::CertificateKey)?;
     Ok(AppCredential::Certificate {
         cert_der,
         key: Box::new(key),
@@ -293,4 +559,70 @@ pub async fn build_gateway(settings: &Settings, shared: &Shared) -> Result<Gatew
         audit: shared.audit.clone(),
         metrics: shared.metrics.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One change to a configuration.
+    type Edit = fn(&mut Settings);
+
+    fn dev() -> Settings {
+        config::load_str(crate::dev::DEV_CONFIG, "config/dev.yaml").expect("dev config loads")
+    }
+
+    #[test]
+    fn each_restart_only_key_is_detected_by_name_and_live_keys_are_not() {
+        let base = dev();
+        assert!(restart_required(&base, &base).is_empty());
+        let edits: Vec<(&str, Edit)> = vec![
+            ("server.listen", (|s| s.listen = "127.0.0.1:1".into())),
+            ("audit.path", (|s| s.audit.path = "/elsewhere".into())),
+            (
+                "audit.rotate_max_bytes",
+                (|s| s.audit.rotate_max_bytes = Some(1)),
+            ),
+            (
+                "audit.rotate_max_age_seconds",
+                (|s| s.audit.rotate_max_age_seconds = Some(1)),
+            ),
+            (
+                "audit.hmac_key",
+                (|s| s.audit.hmac_key = Some(config::SecretRef::Env("K".into()))),
+            ),
+            (
+                "admin.listen",
+                (|s| s.admin_listen = Some("127.0.0.1:1".into())),
+            ),
+            ("admin.enabled", (|s| s.admin_listen = None)),
+            ("server.plaintext", (|s| s.server.plaintext = false)),
+            (
+                "server.tls",
+                (|s| {
+                    s.tls = Some(config::TlsConfig {
+                        cert_file: "c.pem".into(),
+                        key_file: "k.pem".into(),
+                        client_ca_file: None,
+                        reload_interval_seconds: 10,
+                    })
+                }),
+            ),
+        ];
+        for (key, edit) in &edits {
+            let mut next = base.clone();
+            edit(&mut next);
+            assert_eq!(restart_required(&base, &next), [*key]);
+            assert!(RESTART_ONLY.iter().any(|r| r.key == *key));
+        }
+        // Keys that take effect on reload are never reported.
+        let mut next = base.clone();
+        next.server.max_connections = 1;
+        next.server.trusted_proxies =
+            vec![crate::server::client_ip::Cidr::parse("10.0.0.0/8").expect("a network")];
+        next.raw.server.drain_timeout_seconds = 1;
+        next.raw.server.config_watch_seconds = 1;
+        next.policies.clear();
+        assert!(restart_required(&base, &next).is_empty());
+    }
 }

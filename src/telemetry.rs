@@ -1,11 +1,18 @@
 //! Prometheus metrics: one registry owned by the gateway (never the global default), handed in
 //! explicitly. Labels are low-cardinality by construction: route form, decision, reason code,
 //! policy name, stage, status class. Never an operator, a device id or a token.
+//!
+//! Counts kept by components a reload replaces (the app-token provider, the facts cache, the
+//! signing-key store) reach the registry through a [`CounterFeed`], which adds each object's
+//! growth since it was last read: a counter never stalls or jumps when a reload starts a new
+//! object at zero.
 
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::any::Any;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 /// Latency buckets in seconds: sub-millisecond through Graph's slow tail.
@@ -33,6 +40,8 @@ pub struct Metrics {
     pub audit_write_failures: IntCounter,
     pub config_reloads: IntCounterVec,
     pub config_last_reload_success: Gauge,
+    /// 1 while the config file differs from the running process on a restart-only key.
+    pub config_restart_required: IntGauge,
     pub in_flight: IntGauge,
     pub build_info: IntGaugeVec,
 }
@@ -181,6 +190,13 @@ impl Metrics {
         .expect("static metric definition");
         r.register(Box::new(config_last_reload_success.clone()))
             .expect("metric registered once");
+        let config_restart_required = IntGauge::new(
+            "passgate_config_restart_required",
+            "1 while the config file changes a key that only takes effect after a restart (the process runs with the old value), else 0.",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(config_restart_required.clone()))
+            .expect("metric registered once");
         let in_flight = IntGauge::new(
             "passgate_in_flight_requests",
             "Requests currently being processed.",
@@ -226,6 +242,7 @@ impl Metrics {
             audit_write_failures,
             config_reloads,
             config_last_reload_success,
+            config_restart_required,
             in_flight,
             build_info,
         }
@@ -248,7 +265,9 @@ impl Metrics {
         }
     }
 
-    /// Brings a monotonic counter up to an absolute value read from a component's stats.
+    /// Brings a monotonic counter up to an absolute value read from a component's stats. Only for
+    /// components that live as long as the registry (the audit log); for ones a reload replaces,
+    /// use a [`CounterFeed`].
     pub fn sync_counter(c: &prometheus::IntCounter, absolute: u64) {
         let current = c.get();
         if absolute > current {
@@ -261,5 +280,91 @@ impl Metrics {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// One source object the feed has read, and its count at that read. The `Weak` pins the
+/// object's allocation, so its address cannot be reused by a newer object while the entry lives.
+struct Seen {
+    source: Weak<dyn Any + Send + Sync>,
+    last: u64,
+}
+
+/// Feeds one registry counter from the absolute counts of objects that come and go with reloads.
+///
+/// Each object is tracked by identity: the counter grows by what that object counted since the
+/// feed last read it, so a fresh object starting at zero adds its own counts instead of having
+/// to overtake the old object's total first. An object read for the first time contributes its
+/// whole count; an object no longer alive anywhere is forgotten (read it once more before
+/// dropping it to keep its last increments).
+#[derive(Default)]
+pub struct CounterFeed {
+    seen: Mutex<Vec<Seen>>,
+}
+
+impl CounterFeed {
+    pub fn new() -> CounterFeed {
+        CounterFeed::default()
+    }
+
+    /// Adds to `counter` what `source` counted since the last call for the same object.
+    pub fn feed<T: Any + Send + Sync>(&self, counter: &IntCounter, source: &Arc<T>, absolute: u64) {
+        let mut seen = match self.seen.lock() {
+            Ok(s) => s,
+            // Entries are updated in one step each; a poisoned list is still coherent.
+            Err(p) => p.into_inner(),
+        };
+        seen.retain(|s| s.source.strong_count() > 0);
+        let key = Arc::as_ptr(source).cast::<()>();
+        match seen
+            .iter_mut()
+            .find(|s| std::ptr::eq(s.source.as_ptr().cast::<()>(), key))
+        {
+            Some(s) => {
+                // Component counts only grow; a smaller number is ignored rather than trusted.
+                if absolute > s.last {
+                    counter.inc_by(absolute - s.last);
+                    s.last = absolute;
+                }
+            }
+            None => {
+                counter.inc_by(absolute);
+                let weak: Weak<dyn Any + Send + Sync> = Arc::downgrade(source) as Weak<T>;
+                seen.push(Seen {
+                    source: weak,
+                    last: absolute,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_feed_keeps_counting_across_replaced_sources() {
+        let c = IntCounter::new("t_total", "test").unwrap();
+        let feed = CounterFeed::new();
+        let old = Arc::new(());
+        feed.feed(&c, &old, 5);
+        feed.feed(&c, &old, 7);
+        assert_eq!(c.get(), 7);
+        // A reload: a new object starts at zero while the old one is still finishing requests.
+        let new = Arc::new(());
+        feed.feed(&c, &new, 1);
+        assert_eq!(
+            c.get(),
+            8,
+            "the new object's first count adds, it need not pass 7 first"
+        );
+        feed.feed(&c, &old, 9);
+        assert_eq!(c.get(), 10, "the old object's late increments still count");
+        drop(old);
+        feed.feed(&c, &new, 3);
+        assert_eq!(c.get(), 12);
+        feed.feed(&c, &new, 3);
+        assert_eq!(c.get(), 12, "no growth, no increment");
     }
 }

@@ -282,3 +282,191 @@ async fn a_second_signal_exits_at_once_without_tearing_the_audit_log() {
         "the allow record of the in-flight call is there"
     );
 }
+
+/// `server:` with the file watcher off, so only the test's SIGHUPs reload.
+fn no_watch(y: String) -> String {
+    y.replacen("server:\n", "server:\n  config_watch_seconds: 0\n", 1)
+}
+
+impl Served {
+    /// Writes the config file and reloads by SIGHUP; returns once the reload succeeded.
+    fn rewrite_and_reload(&self, yaml: &str) {
+        std::fs::write(&self.config, yaml).unwrap();
+        self.signal("HUP");
+        self.wait_for("configuration reloaded");
+    }
+
+    async fn metrics(&self) -> String {
+        let m = send("GET", &format!("{}/metrics", self.admin), &[], b"").await;
+        assert_eq!(m.status, 200);
+        String::from_utf8_lossy(&m.body).into_owned()
+    }
+
+    fn decision_ips(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.audit)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|r| r["kind"] == "decision")
+            .map(|r| r["client_ip"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+}
+
+/// Sends on `client` (its pool may reuse the connection) and returns the status.
+async fn post_on(
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+    url: &str,
+    headers: &[(&str, String)],
+) -> u16 {
+    let mut b = http::Request::builder().method("POST").uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, v);
+    }
+    let req = b.body(http_body_util::Full::default()).unwrap();
+    client
+        .request(req)
+        .await
+        .expect("answered")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_removed_by_reload_is_not_believed_on_the_next_request() {
+    let sandbox = Sandbox::start(SampleTenant::contoso()).await.unwrap();
+    let tenant = sandbox.tenant().clone();
+    let trust_loopback = |y: String| {
+        no_watch(y).replacen(
+            "  plaintext: true\n",
+            "  plaintext: true\n  trusted_proxies: [\"127.0.0.1\"]\n",
+            1,
+        )
+    };
+    let s = Served::start(&sandbox, trust_loopback);
+    let alice = sandbox.operator_token("alice", Duration::from_secs(600));
+    let url = s.url("kiosk-phone", &tenant);
+    let xff = ("x-forwarded-for", "203.0.113.9".to_string());
+    // One client throughout: the second request may well ride the connection the first opened.
+    let c = client();
+    assert_eq!(post_on(&c, &url, &[bearer(&alice), xff.clone()]).await, 204);
+    assert_eq!(
+        s.decision_ips(),
+        ["203.0.113.9"],
+        "the trusted proxy's XFF is used"
+    );
+
+    let trusting = std::fs::read_to_string(&s.config).unwrap();
+    s.rewrite_and_reload(&trusting.replace("  trusted_proxies: [\"127.0.0.1\"]\n", ""));
+    assert_eq!(post_on(&c, &url, &[bearer(&alice), xff]).await, 204);
+    assert_eq!(
+        s.decision_ips(),
+        ["203.0.113.9", "127.0.0.1"],
+        "after the reload the peer is no longer a trusted proxy: its XFF is ignored"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_limit_changed_by_reload_applies_to_new_connections() {
+    let sandbox = Sandbox::start(SampleTenant::contoso()).await.unwrap();
+    let tenant = sandbox.tenant().clone();
+    let s = Served::start(&sandbox, no_watch);
+    let url = s.url("kiosk-phone", &tenant);
+    let many: Vec<(&str, String)> = (0..30).map(|i| ("x-filler", format!("{i}"))).collect();
+    // Under the default 64 header fields: refused for want of a token, not for its head.
+    assert_eq!(send("POST", &url, &many, b"").await.status, 401);
+
+    let yaml = std::fs::read_to_string(&s.config).unwrap();
+    s.rewrite_and_reload(&yaml.replacen(
+        "  plaintext: true\n",
+        "  plaintext: true\n  limits:\n    max_headers: 20\n",
+        1,
+    ));
+    assert_eq!(
+        send("POST", &url, &many, b"").await.status,
+        431,
+        "the reloaded max_headers applies"
+    );
+    s.rewrite_and_reload(&yaml);
+    assert_eq!(send("POST", &url, &many, b"").await.status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_only_change_is_warned_gauged_and_shown_in_readyz_until_reverted() {
+    let sandbox = Sandbox::start(SampleTenant::contoso()).await.unwrap();
+    let s = Served::start(&sandbox, no_watch);
+    let gauge = |t: &str| metric_value(t, "passgate_config_restart_required", &[]);
+    assert_eq!(gauge(&s.metrics().await), 0.0);
+    let readyz = format!("{}/readyz", s.admin);
+    let r = send("GET", &readyz, &[], b"").await;
+    assert!(!String::from_utf8_lossy(&r.body).contains("restart"));
+
+    let yaml = std::fs::read_to_string(&s.config).unwrap();
+    let changed = yaml.replacen("rotate_max_bytes: 1048576", "rotate_max_bytes: 2097152", 1);
+    assert_ne!(changed, yaml);
+    std::fs::write(&s.config, &changed).unwrap();
+    s.signal("HUP");
+    let warning = s.wait_for("only takes effect after a restart");
+    assert!(warning.contains("audit.rotate_max_bytes"), "{warning}");
+    assert!(warning.contains("WARN"), "{warning}");
+    s.wait_for("configuration reloaded");
+    assert_eq!(gauge(&s.metrics().await), 1.0);
+    let r = send("GET", &readyz, &[], b"").await;
+    let body = String::from_utf8_lossy(&r.body);
+    assert_eq!(
+        r.status, 200,
+        "still ready: it serves, with the old value: {body}"
+    );
+    assert!(
+        body.contains("restart_required") && body.contains("audit.rotate_max_bytes"),
+        "{body}"
+    );
+
+    // A second reload that keeps the change still reports it (compared with the process).
+    s.rewrite_and_reload(&changed);
+    assert_eq!(gauge(&s.metrics().await), 1.0);
+
+    // Back to what the process runs: nothing to report.
+    s.rewrite_and_reload(&yaml);
+    assert_eq!(gauge(&s.metrics().await), 0.0);
+    let r = send("GET", &readyz, &[], b"").await;
+    assert!(!String::from_utf8_lossy(&r.body).contains("restart"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn component_counters_keep_counting_after_a_reload() {
+    let sandbox = Sandbox::start(SampleTenant::contoso()).await.unwrap();
+    let tenant = sandbox.tenant().clone();
+    let s = Served::start(&sandbox, no_watch);
+    let alice = sandbox.operator_token("alice", Duration::from_secs(600));
+    let url = s.url("kiosk-phone", &tenant);
+    let misses =
+        |t: &str| metric_value(t, "passgate_device_facts_cache_total", &["result=\"miss\""]);
+    let tokens = |t: &str| {
+        metric_value(
+            t,
+            "passgate_app_token_refreshes_total",
+            &["result=\"success\""],
+        )
+    };
+    assert_eq!(send("POST", &url, &[bearer(&alice)], b"").await.status, 204);
+    let before = s.metrics().await;
+    assert!(misses(&before) >= 1.0 && tokens(&before) >= 1.0, "{before}");
+
+    // The reload builds a new facts cache and token provider, whose own counts restart at 0.
+    s.rewrite_and_reload(&std::fs::read_to_string(&s.config).unwrap());
+    assert_eq!(send("POST", &url, &[bearer(&alice)], b"").await.status, 204);
+    let after = s.metrics().await;
+    // Before the fix both stalled: the new objects' counts had to pass the old totals first.
+    assert!(
+        misses(&after) > misses(&before),
+        "the new cache's misses add to the old ones:\n{before}\n---\n{after}"
+    );
+    assert!(
+        tokens(&after) > tokens(&before),
+        "the new provider's token fetch adds to the old ones:\n{before}\n---\n{after}"
+    );
+}

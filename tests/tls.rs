@@ -431,6 +431,55 @@ async fn renewed_certificate_is_served_without_restart_and_broken_files_are_igno
     env.stop().await;
 }
 
+/// What a config reload that names other TLS files does (`runtime::Reloader` stages them with the
+/// rest of the new configuration and installs them only when all of it is valid).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_tls_files_named_by_a_reload_are_served_after_install() {
+    let pki = Pki::new();
+    let env = start_with(Some(pki.config(false))).await;
+    let reloader = env.tls.clone().expect("TLS configured");
+    let all = [&rustls::version::TLS13, &rustls::version::TLS12];
+    let cfg = || client_config(&pki, &[b"http/1.1"], None, &all);
+    let served = |tls: &Tls| tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    let files = |cert: &str, key: &str| passgate::server::tls::TlsFiles {
+        cert_file: pki.path(cert).into(),
+        key_file: pki.path(key).into(),
+        client_ca_file: None,
+    };
+
+    let (cert, key, moved_der) = leaf(
+        &pki.ca,
+        "passgate-moved",
+        &["localhost", "127.0.0.1"],
+        false,
+        79,
+    );
+    std::fs::write(pki.path("moved.pem"), &cert).unwrap();
+    std::fs::write(pki.path("moved.key"), &key).unwrap();
+    // A set that does not load is refused at staging; nothing changes.
+    assert!(reloader.stage(files("absent.pem", "moved.key")).is_err());
+    assert_eq!(
+        served(&handshake(&env, cfg()).await.unwrap()),
+        pki.server_der
+    );
+
+    let staged = reloader.stage(files("moved.pem", "moved.key")).unwrap();
+    assert_eq!(
+        served(&handshake(&env, cfg()).await.unwrap()),
+        pki.server_der,
+        "staged is not served yet"
+    );
+    reloader.install(staged);
+    assert_eq!(reloader.files(), files("moved.pem", "moved.key"));
+    assert_eq!(served(&handshake(&env, cfg()).await.unwrap()), moved_der);
+    // Later polls watch the new files, not the old ones.
+    std::fs::write(pki.path("server.pem"), "not a certificate").unwrap();
+    assert_eq!(reloader.reload_now().unwrap(), Reload::Unchanged);
+    assert_eq!(served(&handshake(&env, cfg()).await.unwrap()), moved_der);
+    no_calls(&env);
+    env.stop().await;
+}
+
 #[test]
 fn client_subject_is_rfc4514_with_escaping() {
     let ca_ = ca("Passgate Test CA");

@@ -1,74 +1,141 @@
-//! Serves the gateway: TCP or TLS (see [`tls`]) with
+//! The accept loop shared by the gateway and admin listeners: TCP or TLS (see [`tls`]) with
 //! hyper-util's HTTP/1.1 + HTTP/2 builder under connection limits ([`conn`]), wrapped in
-//! tower-http layers (panic catch, sensitive `Authorization`). It never serves anything but the
-//! pipeline on the gateway port, and never believes `X-Forwarded-For` from an untrusted peer.
+//! tower-http layers (panic catch, sensitive `Authorization`). What a request gets is up to the
+//! [`App`] it is handed to; this module knows nothing of gateways or reloads beyond the listener
+//! settings in [`ServeOptions`], which a reload may replace. It never believes
+//! `X-Forwarded-For` from an untrusted peer.
 
 use crate::config::{ServerSettings, Settings, TlsConfig};
-use crate::outbound;
-use crate::pipeline::ConnInfo;
-use crate::runtime::Live;
+use crate::lifecycle::ConnInfo;
+use bytes::Bytes;
+use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
 
 pub mod client_ip;
 pub mod conn;
 pub mod tls;
 
-pub use tls::{Reload, TlsReloader};
+pub use tls::{Reload, TlsError, TlsFiles, TlsReloader};
+
+/// A request as an [`App`] receives it: the body time-bounded (see [`conn::TimedBody`]).
+pub type Request = http::Request<conn::TimedBody<hyper::body::Incoming>>;
+/// What an [`App`] answers.
+pub type Reply = http::Response<Full<Bytes>>;
+
+/// What a listener serves. Each request is handed over in its own task.
+pub trait App: Send + Sync + 'static {
+    fn call(&self, req: Request, conn: ConnInfo) -> Pin<Box<dyn Future<Output = Reply> + Send>>;
+}
 
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("secret {what}: {detail}")]
-    Secret { what: &'static str, detail: String },
-    #[error("certificate credential: {0}")]
-    Certificate(String),
-    #[error("outbound client: {0}")]
-    Client(#[from] outbound::ClientBuildError),
-    #[error("audit log: {0}")]
-    Audit(String),
-    #[error("listener {addr}: {source}")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
-    },
-    #[error("TLS: {0}")]
-    Tls(String),
+#[error("listener {addr}: {source}")]
+pub struct ListenError {
+    pub addr: String,
+    #[source]
+    pub source: std::io::Error,
 }
 
 /// Loads the listener's TLS configuration (see [`tls`]); the returned reloader is polled by
 /// [`serve`] every `server.tls.reload_interval_seconds`.
-pub fn tls_acceptor(tls: &TlsConfig) -> Result<Arc<TlsReloader>, StartError> {
-    TlsReloader::load(tls.into())
-        .map(Arc::new)
-        .map_err(|e| StartError::Tls(e.to_string()))
+pub fn tls_acceptor(tls: &TlsConfig) -> Result<Arc<TlsReloader>, TlsError> {
+    TlsReloader::load(tls.into()).map(Arc::new)
 }
 
-pub async fn bind(addr: &str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: addr.to_string(),
-            source,
-        })
+pub async fn bind(addr: &str) -> Result<TcpListener, ListenError> {
+    TcpListener::bind(addr).await.map_err(|source| ListenError {
+        addr: addr.to_string(),
+        source,
+    })
 }
 
-/// How the listener serves: TLS (or plain HTTP) and the connection limits.
+/// How a listener serves: TLS (or plain HTTP), and the `server:` settings in force. A reload
+/// replaces the settings through [`ServeOptions::set_server`]; every clone shares them, so the
+/// gateway and admin listeners follow the same limits.
 #[derive(Clone)]
 pub struct ServeOptions {
     pub tls: Option<Arc<TlsReloader>>,
-    pub server: ServerSettings,
+    server: Arc<watch::Sender<Arc<ServerSettings>>>,
 }
 
 impl ServeOptions {
     /// From validated settings: loads the TLS files if `server.tls` is configured.
-    pub fn from_settings(settings: &Settings) -> Result<ServeOptions, StartError> {
+    pub fn from_settings(settings: &Settings) -> Result<ServeOptions, TlsError> {
         Ok(ServeOptions {
             tls: settings.tls.as_ref().map(tls_acceptor).transpose()?,
-            server: settings.server.clone(),
+            ..ServeOptions::plain(settings.server.clone())
         })
+    }
+
+    /// Plain HTTP with these settings.
+    pub fn plain(server: ServerSettings) -> ServeOptions {
+        ServeOptions {
+            tls: None,
+            server: Arc::new(watch::Sender::new(Arc::new(server))),
+        }
+    }
+
+    /// The same settings (shared, reloads included) without TLS: the admin listener's.
+    pub fn without_tls(&self) -> ServeOptions {
+        ServeOptions {
+            tls: None,
+            server: self.server.clone(),
+        }
+    }
+
+    /// The settings in force: a new connection reads its limits here once, a new request its
+    /// trusted proxies.
+    pub fn server(&self) -> Arc<ServerSettings> {
+        self.server.borrow().clone()
+    }
+
+    /// Replaces the settings (a reload). Connections already open keep the limits they were
+    /// accepted with; the connection limit applies to the next accept at once.
+    pub fn set_server(&self, server: ServerSettings) {
+        self.server.send_replace(Arc::new(server));
+    }
+}
+
+/// Connections being served, against a limit that may change while waiting.
+#[derive(Default)]
+struct Slots {
+    used: Mutex<usize>,
+    freed: Notify,
+}
+
+/// One connection's place; freed on drop.
+struct Slot(Arc<Slots>);
+
+impl Slots {
+    fn try_take(self: &Arc<Self>, max: usize) -> Option<Slot> {
+        let mut used = match self.used.lock() {
+            Ok(u) => u,
+            Err(p) => p.into_inner(),
+        };
+        (*used < max).then(|| {
+            *used += 1;
+            Slot(self.clone())
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        match self.0.used.lock() {
+            Ok(mut u) => *u = u.saturating_sub(1),
+            Err(p) => {
+                let mut u = p.into_inner();
+                *u = u.saturating_sub(1);
+            }
+        }
+        // Stores a permit when the accept loop is not waiting yet, so no wake-up is lost.
+        self.0.freed.notify_one();
     }
 }
 
@@ -77,28 +144,35 @@ impl ServeOptions {
 /// At most `max_connections` connections are served at once. Over the limit passgate stops
 /// calling `accept()` rather than accepting and closing: waiting clients sit in the kernel's
 /// listen backlog at no cost to us and are served as soon as a slot frees, instead of getting a
-/// reset they would retry in a tight loop.
+/// reset they would retry in a tight loop. The limit is read from the settings in force, so a
+/// reload that raises it lets waiting clients in at once.
 pub async fn serve(
-    live: Arc<Live>,
+    app: Arc<dyn App>,
     listener: TcpListener,
     opts: ServeOptions,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: impl Future<Output = ()>,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(opts.server.max_connections));
-    let watcher_task = opts
-        .tls
-        .as_ref()
-        .map(|t| t.spawn_watcher(opts.server.tls_reload_interval));
-    let limits = Arc::new(opts.server);
+    let slots = Arc::new(Slots::default());
+    let mut settings = opts.server.subscribe();
+    let watcher_task = opts.tls.as_ref().map(|t| {
+        let opts = opts.clone();
+        t.spawn_watcher(move || opts.server().tls_reload_interval)
+    });
     tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break, // the semaphore is never closed
-            },
-            _ = &mut shutdown => break,
+    'accepting: loop {
+        let permit = loop {
+            let freed = slots.freed.notified();
+            let max = settings.borrow_and_update().max_connections;
+            if let Some(slot) = slots.try_take(max) {
+                break slot;
+            }
+            tokio::select! {
+                _ = freed => {}
+                // The sender lives in `opts`, held here: `changed` only returns on a new value.
+                _ = settings.changed() => {}
+                _ = &mut shutdown => break 'accepting,
+            }
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -113,12 +187,13 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let gw = live.clone();
+        let app = app.clone();
         let acceptor = opts.tls.as_ref().map(|t| t.acceptor());
-        let limits = limits.clone();
+        let opts = opts.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;
+            let limits = opts.server();
             match acceptor {
                 Some(acceptor) => {
                     let handshake =
@@ -132,14 +207,24 @@ pub async fn serve(
                                 Some(b"h2") => Proto::H2,
                                 _ => Proto::H1,
                             };
-                            serve_connection(gw, s, peer, subject, proto, &limits, watcher).await
+                            let c = Connection {
+                                peer,
+                                subject,
+                                proto,
+                            };
+                            serve_connection(app, s, c, &limits, opts, watcher).await
                         }
                         Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
                 }
                 None => {
-                    serve_connection(gw, stream, peer, None, Proto::Auto, &limits, watcher).await
+                    let c = Connection {
+                        peer,
+                        subject: None,
+                        proto: Proto::Auto,
+                    };
+                    serve_connection(app, stream, c, &limits, opts, watcher).await
                 }
             }
         });
@@ -149,6 +234,14 @@ pub async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// What is known about an accepted connection before its first request.
+struct Connection {
+    peer: SocketAddr,
+    /// Subject of the verified mTLS client certificate.
+    subject: Option<String>,
+    proto: Proto,
 }
 
 /// Which HTTP versions a connection may speak: decided by ALPN under TLS (so a client cannot
@@ -162,19 +255,22 @@ enum Proto {
 }
 
 async fn serve_connection<S>(
-    gw: Arc<Live>,
+    app: Arc<dyn App>,
     stream: S,
-    peer: SocketAddr,
-    client_cert_subject: Option<String>,
-    proto: Proto,
+    c: Connection,
     limits: &ServerSettings,
+    opts: ServeOptions,
     watcher: hyper_util::server::graceful::Watcher,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let Connection {
+        peer,
+        subject: client_cert_subject,
+        proto,
+    } = c;
     let activity = conn::Activity::new(limits.header_read_timeout, limits.idle_timeout);
     let io = TokioIo::new(conn::TimedIo::new(stream, activity.clone()));
-    let proxies = Arc::new(limits.trusted_proxies.clone());
     let body_within = limits.header_read_timeout;
     let svc = tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         let in_flight = activity.begin();
@@ -185,10 +281,11 @@ async fn serve_connection<S>(
                 *req.uri_mut() = http::Uri::from(pq);
             }
         }
-        // The gateway in force when the request arrived serves it to the end, across reloads.
-        let gw = gw.get();
+        // Trusted proxies as in force now: a proxy taken out by a reload is not believed on the
+        // next request, even on a connection it opened before.
+        let proxies = opts.server();
         let conn = ConnInfo {
-            client_ip: client_ip::client_ip(peer.ip(), req.headers(), &proxies),
+            client_ip: client_ip::client_ip(peer.ip(), req.headers(), &proxies.trusted_proxies),
             client_cert_subject: client_cert_subject.clone(),
         };
         let refuse = req.version() <= http::Version::HTTP_11
@@ -196,7 +293,7 @@ async fn serve_connection<S>(
         let req = req.map(|b| conn::TimedBody::new(b, body_within, refuse));
         // Each request runs to its end in its own task: if the client hangs up after the
         // decision record is durable, the forward (if any) and its outcome record still complete.
-        let work = tokio::spawn(async move { gw.handle(req, conn).await });
+        let work = tokio::spawn(app.call(req, conn));
         async move {
             let resp = match work.await {
                 Ok(resp) => resp,

@@ -139,7 +139,7 @@ impl Material {
 }
 
 /// Where the listener's TLS material lives.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
@@ -166,15 +166,20 @@ pub enum Reload {
 }
 
 struct Served {
+    files: TlsFiles,
     config: Arc<ServerConfig>,
     digest: [u8; 32],
 }
 
+/// A file set that loaded into a working configuration, not yet served (see
+/// [`TlsReloader::stage`]): a config reload stages first and installs only once every other part
+/// of the new configuration is valid too.
+pub struct Staged(Served);
+
 /// The served TLS configuration, swapped whole when the files change (certificate, key and
-/// client CA bundle together, so a CA rotation needs no restart either). Existing connections
-/// keep the configuration they were accepted with.
+/// client CA bundle together, so a CA rotation needs no restart either), or when a config reload
+/// names other files. Existing connections keep the configuration they were accepted with.
 pub struct TlsReloader {
-    files: TlsFiles,
     served: RwLock<Served>,
     /// Digest of the last file set that failed to load, so a broken renewal is logged once,
     /// not every poll.
@@ -184,49 +189,88 @@ pub struct TlsReloader {
 impl TlsReloader {
     /// Loads the files; fails if they do not make a working configuration.
     pub fn load(files: TlsFiles) -> Result<TlsReloader, TlsError> {
-        crate::outbound::install_crypto_provider();
-        let m = Material::read(&files)?;
-        let config = Arc::new(m.build(&files)?);
+        let Staged(served) = Self::build(files)?;
         Ok(TlsReloader {
-            served: RwLock::new(Served {
-                config,
-                digest: m.digest(),
-            }),
-            files,
+            served: RwLock::new(served),
             last_failed: Mutex::new(None),
         })
     }
 
+    fn build(files: TlsFiles) -> Result<Staged, TlsError> {
+        crate::outbound::install_crypto_provider();
+        let m = Material::read(&files)?;
+        let config = Arc::new(m.build(&files)?);
+        Ok(Staged(Served {
+            digest: m.digest(),
+            files,
+            config,
+        }))
+    }
+
+    fn served(&self) -> std::sync::RwLockReadGuard<'_, Served> {
+        // A poisoned lock still holds a complete configuration (it is swapped in one store).
+        match self.served.read() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn served_mut(&self) -> std::sync::RwLockWriteGuard<'_, Served> {
+        match self.served.write() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        }
+    }
+
     /// The configuration new connections are accepted with.
     pub fn config(&self) -> Arc<ServerConfig> {
-        match self.served.read() {
-            Ok(s) => s.config.clone(),
-            // A poisoned lock still holds a complete configuration (it is swapped in one store).
-            Err(p) => p.into_inner().config.clone(),
-        }
+        self.served().config.clone()
+    }
+
+    /// The files being served.
+    pub fn files(&self) -> TlsFiles {
+        self.served().files.clone()
     }
 
     pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         tokio_rustls::TlsAcceptor::from(self.config())
     }
 
+    /// Loads another file set (a config reload changed the paths) without serving it yet.
+    pub fn stage(&self, files: TlsFiles) -> Result<Staged, TlsError> {
+        Self::build(files)
+    }
+
+    /// Serves a staged file set to new connections from now on; later polls re-read its files.
+    pub fn install(&self, staged: Staged) {
+        *self.served_mut() = staged.0;
+        if let Ok(mut f) = self.last_failed.lock() {
+            *f = None;
+        }
+    }
+
     /// Re-reads the files now. On error the served configuration is kept and the error returned.
     pub fn reload_now(&self) -> Result<Reload, TlsError> {
-        let m = Material::read(&self.files)?;
-        let digest = m.digest();
-        let current = match self.served.read() {
-            Ok(s) => s.digest,
-            Err(p) => p.into_inner().digest,
+        let (files, current) = {
+            let s = self.served();
+            (s.files.clone(), s.digest)
         };
+        let m = Material::read(&files)?;
+        let digest = m.digest();
         if digest == current {
             return Ok(Reload::Unchanged);
         }
-        let config = Arc::new(m.build(&self.files)?);
-        let mut s = match self.served.write() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
+        let config = Arc::new(m.build(&files)?);
+        let mut s = self.served_mut();
+        if s.files != files {
+            // A config reload installed other files meanwhile; they are the ones to serve.
+            return Ok(Reload::Unchanged);
+        }
+        *s = Served {
+            files,
+            config,
+            digest,
         };
-        *s = Served { config, digest };
         Ok(Reload::Reloaded)
     }
 
@@ -235,13 +279,13 @@ impl TlsReloader {
         match self.reload_now() {
             Ok(Reload::Unchanged) => {}
             Ok(Reload::Reloaded) => {
-                tracing::info!(cert = %self.files.cert_file.display(), "TLS certificate reloaded");
+                tracing::info!(cert = %self.files().cert_file.display(), "TLS certificate reloaded");
                 if let Ok(mut f) = self.last_failed.lock() {
                     *f = None;
                 }
             }
             Err(e) => {
-                let digest = Material::read(&self.files).ok().map(|m| m.digest());
+                let digest = Material::read(&self.files()).ok().map(|m| m.digest());
                 let mut f = match self.last_failed.lock() {
                     Ok(f) => f,
                     Err(p) => p.into_inner(),
@@ -254,15 +298,17 @@ impl TlsReloader {
         }
     }
 
-    /// Polls the files every `interval` until the returned task is aborted.
-    pub fn spawn_watcher(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+    /// Polls the files every `interval()` (read again before each wait, so a config reload
+    /// changes it) until the returned task is aborted.
+    pub fn spawn_watcher(
+        self: &Arc<Self>,
+        interval: impl Fn() -> Duration + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await; // the first tick is immediate; the files were just loaded
             loop {
-                tick.tick().await;
+                // The first wait comes first: the files were just loaded.
+                tokio::time::sleep(interval()).await;
                 let Some(me) = me.upgrade() else { return };
                 // File reads and key parsing are blocking; keep them off the async workers.
                 let _ = tokio::task::spawn_blocking(move || me.poll_and_log()).await;
