@@ -253,7 +253,12 @@ impl Gateway {
         sync(&m.facts_cache.with_label_values(&["miss"]), f.misses);
         let a = self.audit.stats();
         sync(&m.audit_records, a.records_written);
-        sync(&m.audit_write_failures, a.write_failures);
+        for (kind, n) in a.write_failures_by_kind.iter() {
+            sync(
+                &m.audit_write_failures.with_label_values(&[kind.as_str()]),
+                n,
+            );
+        }
     }
 
     async fn decide_and_forward<B>(

@@ -30,7 +30,7 @@ pub struct Metrics {
     pub facts_cache: IntCounterVec,
     pub audit_records: IntCounter,
     pub audit_fsync: Histogram,
-    pub audit_write_failures: IntCounter,
+    pub audit_write_failures: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub config_last_reload_success: Gauge,
     pub in_flight: IntGauge,
@@ -161,13 +161,12 @@ impl Metrics {
         .expect("static metric definition");
         r.register(Box::new(audit_fsync.clone()))
             .expect("metric registered once");
-        let audit_write_failures = IntCounter::new(
+        let audit_write_failures = counter(
+            &r,
             "passgate_audit_write_failures_total",
-            "Audit batches that could not be written or fsynced (requests in them failed closed).",
-        )
-        .expect("static metric definition");
-        r.register(Box::new(audit_write_failures.clone()))
-            .expect("metric registered once");
+            "Audit batches that could not be written or fsynced (requests in them failed closed), by cause: disk_full, permission, fsync, io.",
+            &["kind"],
+        );
         let config_reloads = counter(
             &r,
             "passgate_config_reloads_total",
@@ -205,6 +204,9 @@ impl Metrics {
         }
         for result in ["hit", "miss"] {
             facts_cache.with_label_values(&[result]);
+        }
+        for kind in crate::audit::FailureKind::ALL {
+            audit_write_failures.with_label_values(&[kind.as_str()]);
         }
         for class in ["2xx", "3xx", "4xx", "429", "5xx", "error"] {
             upstream_responses.with_label_values(&[class]);
@@ -261,5 +263,24 @@ impl Metrics {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Metrics;
+
+    #[test]
+    fn audit_write_failures_are_exported_by_kind_from_the_start() {
+        let m = Metrics::new();
+        let text = m.encode();
+        for kind in ["disk_full", "permission", "fsync", "io"] {
+            let series = format!("passgate_audit_write_failures_total{{kind=\"{kind}\"}} 0\n");
+            assert!(text.contains(&series), "missing {series:?} in:\n{text}");
+        }
+        Metrics::sync_counter(&m.audit_write_failures.with_label_values(&["disk_full"]), 3);
+        assert!(m
+            .encode()
+            .contains("passgate_audit_write_failures_total{kind=\"disk_full\"} 3\n"));
     }
 }
