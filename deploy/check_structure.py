@@ -41,7 +41,7 @@ CONTRACT = {
     "passgate_device_facts_cache_total": {"result"},
     "passgate_audit_records_total": set(),
     "passgate_audit_fsync_duration_seconds": set(),
-    "passgate_audit_write_failures_total": set(),
+    "passgate_audit_write_failures_total": {"kind"},
     "passgate_config_reloads_total": {"result"},
     "passgate_config_last_reload_success_timestamp_seconds": set(),
     "passgate_build_info": {"version"},

@@ -11,8 +11,8 @@ use crate::config::{self, AssertionFormat, SecretError, Settings};
 use crate::graph::facts::FactsClient;
 use crate::graph::forward::Forwarder;
 use crate::graph::token::{AppCredential, AppTokenProvider};
-use crate::outbound;
 use crate::lifecycle::ConnInfo;
+use crate::outbound;
 use crate::pipeline::Gateway;
 use crate::policy::{PolicySet, RateLimiter};
 use crate::server::{self, ListenError, ServeOptions, TlsError, TlsFiles};
@@ -198,7 +198,12 @@ fn sync_metrics(gw: &Arc<Gateway>, feeds: &Feeds) {
     let sync = Metrics::sync_counter;
     let a = gw.audit.stats();
     sync(&m.audit_records, a.records_written);
-    sync(&m.audit_write_failures, a.write_failures);
+    for (kind, n) in a.write_failures_by_kind.iter() {
+        sync(
+            &m.audit_write_failures.with_label_values(&[kind.as_str()]),
+            n,
+        );
+    }
 }
 
 /// The gateway currently in force. Each request takes its own `Arc`, so a request that started

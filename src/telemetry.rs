@@ -37,7 +37,7 @@ pub struct Metrics {
     pub facts_cache: IntCounterVec,
     pub audit_records: IntCounter,
     pub audit_fsync: Histogram,
-    pub audit_write_failures: IntCounter,
+    pub audit_write_failures: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub config_last_reload_success: Gauge,
     /// 1 while the config file differs from the running process on a restart-only key.
@@ -170,13 +170,12 @@ impl Metrics {
         .expect("static metric definition");
         r.register(Box::new(audit_fsync.clone()))
             .expect("metric registered once");
-        let audit_write_failures = IntCounter::new(
+        let audit_write_failures = counter(
+            &r,
             "passgate_audit_write_failures_total",
-            "Audit batches that could not be written or fsynced (requests in them failed closed).",
-        )
-        .expect("static metric definition");
-        r.register(Box::new(audit_write_failures.clone()))
-            .expect("metric registered once");
+            "Audit batches that could not be written or fsynced (requests in them failed closed), by cause: disk_full, permission, fsync, io.",
+            &["kind"],
+        );
         let config_reloads = counter(
             &r,
             "passgate_config_reloads_total",
@@ -221,6 +220,9 @@ impl Metrics {
         }
         for result in ["hit", "miss"] {
             facts_cache.with_label_values(&[result]);
+        }
+        for kind in crate::audit::FailureKind::ALL {
+            audit_write_failures.with_label_values(&[kind.as_str()]);
         }
         for class in ["2xx", "3xx", "4xx", "429", "5xx", "error"] {
             upstream_responses.with_label_values(&[class]);
@@ -366,5 +368,19 @@ mod tests {
         assert_eq!(c.get(), 12);
         feed.feed(&c, &new, 3);
         assert_eq!(c.get(), 12, "no growth, no increment");
+    }
+
+    #[test]
+    fn audit_write_failures_are_exported_by_kind_from_the_start() {
+        let m = Metrics::new();
+        let text = m.encode();
+        for kind in ["disk_full", "permission", "fsync", "io"] {
+            let series = format!("passgate_audit_write_failures_total{{kind=\"{kind}\"}} 0\n");
+            assert!(text.contains(&series), "missing {series:?} in:\n{text}");
+        }
+        Metrics::sync_counter(&m.audit_write_failures.with_label_values(&["disk_full"]), 3);
+        assert!(m
+            .encode()
+            .contains("passgate_audit_write_failures_total{kind=\"disk_full\"} 3\n"));
     }
 }

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use passgate::audit::test_support::{field, lines, write_lines};
 use passgate::audit::{
     verify_set, AuditLog, AuditOptions, BreakKind, Decision, DecisionRecord, DeviceRecord,
     OperatorRecord, OutcomeRecord, SearchFilter, SetError, TargetRecord, VerifyOptions,
@@ -157,25 +158,6 @@ fn expect_break(files: &[PathBuf], opts: &VerifyOptions) -> (PathBuf, u64, Break
         Err(SetError::Break { path, brk }) => (path, brk.line, brk.kind, brk.detail),
         other => panic!("expected a chain break, got {other:?}"),
     }
-}
-
-fn lines(path: &Path) -> Vec<String> {
-    fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-fn write_lines(path: &Path, lines: &[String]) {
-    let mut s = lines.join("\n");
-    s.push('\n');
-    fs::write(path, s).unwrap();
-}
-
-fn field(line: &str, key: &str) -> serde_json::Value {
-    let v: serde_json::Value = serde_json::from_str(line).unwrap();
-    v[key].clone()
 }
 
 fn run(args: &[&str], files: &[PathBuf]) -> (i32, String, String) {

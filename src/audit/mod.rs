@@ -18,7 +18,7 @@
 //! - `seq` starts at 1 and increases by exactly 1; `prev` is the previous line's `hash`, or 64
 //!   zeros ([`GENESIS_PREV`]) for the first record of a fresh chain. The writer assigns `seq`,
 //!   `time` (RFC 3339 UTC, milliseconds), `prev` and `hash`. The chain runs on across rotated
-//!   files (see [`writer`]): a new file's first record continues the old file's last.
+//!   files (see [`rotation_set`]): a new file's first record continues the old file's last.
 //! - `alg` is present only on keyed lines (`audit.hmac_key` set).
 //! - `docs/audit-record.schema.json` is the JSON Schema of every kind; `docs/audit-ocsf.md` maps
 //!   the fields to OCSF API Activity.
@@ -33,31 +33,50 @@
 //! canonical-form ambiguity. Without the key, nobody who can write the file can rebuild a chain
 //! that a keyed verification accepts.
 
+//! # Modules
+//!
+//! [`writer`] (handle, thread, open) · `chain` (group commit) · `rotation` · `recovery` (torn
+//! tail) · `scan` (first and last lines of a file) · `options` (config, HMAC key check) ·
+//! `error` (typed failures and their kinds) · `line` (format and hash rule) · [`verify`] ·
+//! [`search`] · [`cli`].
+
+mod chain;
 pub mod cli;
 pub mod commit;
+mod error;
 mod line;
+mod options;
 pub mod record;
+mod recovery;
+mod rotation;
+mod scan;
 pub mod search;
+#[doc(hidden)]
+pub mod test_support;
 pub mod verify;
 pub mod writer;
 
+#[cfg(test)]
+mod test_hooks;
 #[cfg(test)]
 mod tests;
 
 pub use commit::{
     Authorized, CommitError, DenialNote, RecordedDenial, Uncommitted, COMMIT_TIMEOUT,
 };
+pub use error::{AuditError, FailureCounts, FailureKind, WriteFailure, WriteStep};
 pub use line::GENESIS_PREV;
+pub use options::{
+    check_hmac_key, AuditOptions, AuditOptionsError, FsyncObserver, KeyTooShort, MIN_HMAC_KEY_BYTES,
+};
 pub use record::{
     Decision, DecisionRecord, DeviceRecord, OperatorRecord, OutcomeRecord, RecoveryRecord,
     TargetRecord, MAX_PATH_BYTES,
 };
+pub use rotation::{rotated_files, rotation_set};
 pub use search::{search, Format, Hit, SearchError, SearchFilter, SearchResult};
 pub use verify::{
     verify_file, verify_file_from, verify_set, BreakKind, ChainBreak, FileSummary, SetError,
     SetSummary, VerifyError, VerifyOptions, VerifySummary,
 };
-pub use writer::{
-    AuditError, AuditLog, AuditOptions, AuditOptionsError, AuditReceipt, AuditStats, FsyncObserver,
-    MIN_HMAC_KEY_BYTES,
-};
+pub use writer::{AuditLog, AuditReceipt, AuditStats};

@@ -95,5 +95,3 @@ pub struct RecoveryRecord {
 
 /// Longest `path` kept in a decision line, in bytes.
 pub const MAX_PATH_BYTES: usize = 2048;
-
-pub(crate) use crate::text::truncate_in_place as truncate_on_char_boundary;

@@ -11,6 +11,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::Value;
 
 use super::record::Decision;
+use super::scan::read_first_line_of;
 
 /// What to look for; every filter that is set must match. Text filters compare
 /// case-insensitively and exactly (no substrings).
@@ -166,12 +167,11 @@ fn lenient_first_seq(path: &Path) -> Result<Option<u64>, SearchError> {
         path: path.to_owned(),
         source,
     };
-    let mut reader = BufReader::new(File::open(path).map_err(io_err)?);
-    let mut buf = Vec::new();
-    reader.read_until(b'\n', &mut buf).map_err(io_err)?;
-    Ok(serde_json::from_slice::<Value>(buf.trim_ascii_end())
-        .ok()
-        .and_then(|v| v["seq"].as_u64()))
+    let Some(first) = read_first_line_of(path).map_err(io_err)? else {
+        return Ok(None);
+    };
+    let first: Option<Value> = serde_json::from_slice(first.bytes.trim_ascii_end()).ok();
+    Ok(first.and_then(|v| v["seq"].as_u64()))
 }
 
 fn eq_ci(a: Option<&str>, b: &str) -> bool {

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use super::test_support::{field, lines, write_lines};
 use super::*;
 
 fn decision(id: &str) -> DecisionRecord {
@@ -62,25 +63,6 @@ async fn write_n(path: &Path, n: usize) {
             .unwrap();
     }
     log.close();
-}
-
-fn lines(path: &Path) -> Vec<String> {
-    fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-fn write_lines(path: &Path, lines: &[String]) {
-    let mut s = lines.join("\n");
-    s.push('\n');
-    fs::write(path, s).unwrap();
-}
-
-fn field(line: &str, key: &str) -> serde_json::Value {
-    let v: serde_json::Value = serde_json::from_str(line).unwrap();
-    v[key].clone()
 }
 
 fn expect_break(path: &Path) -> ChainBreak {
@@ -558,9 +540,9 @@ fn rotated_names_sort_in_chain_order_and_parse_back() {
     let t = chrono::Utc
         .with_ymd_and_hms(2026, 11, 28, 17, 1, 2)
         .unwrap();
-    let a = writer::rotated_name(base, t, 9);
-    let b = writer::rotated_name(base, t, 10);
-    let c = writer::rotated_name(base, t + chrono::Duration::seconds(1), 11);
+    let a = rotation::rotated_name(base, t, 9);
+    let b = rotation::rotated_name(base, t, 10);
+    let c = rotation::rotated_name(base, t + chrono::Duration::seconds(1), 11);
     assert_eq!(
         a.to_str().unwrap(),
         "/var/lib/passgate/audit.jsonl.20261128T170102Z.00000000000000000009"
@@ -569,7 +551,7 @@ fn rotated_names_sort_in_chain_order_and_parse_back() {
     assert!(a < b && b < c);
     let name = |p: &Path| p.file_name().unwrap().to_owned();
     let base_name = std::ffi::OsStr::new("audit.jsonl");
-    assert_eq!(writer::rotated_seq(base_name, &name(&b)), Some(10));
+    assert_eq!(rotation::rotated_seq(base_name, &name(&b)), Some(10));
     for not_rotated in [
         "audit.jsonl",
         "audit.jsonl.torn-1764349262",
@@ -579,7 +561,7 @@ fn rotated_names_sort_in_chain_order_and_parse_back() {
         "audit.jsonl.20261128T170102Z.00000000000000000009.gz",
     ] {
         assert_eq!(
-            writer::rotated_seq(base_name, std::ffi::OsStr::new(not_rotated)),
+            rotation::rotated_seq(base_name, std::ffi::OsStr::new(not_rotated)),
             None,
             "{not_rotated}"
         );
@@ -588,7 +570,7 @@ fn rotated_names_sort_in_chain_order_and_parse_back() {
 
 #[tokio::test]
 async fn size_rotation_keeps_batches_whole_and_links_files() {
-    let (dir, path) = tmp_log();
+    let (_dir, path) = tmp_log();
     let log = AuditLog::open_with(
         &path,
         AuditOptions {
@@ -622,12 +604,11 @@ async fn size_rotation_keeps_batches_whole_and_links_files() {
     let after_batch = log.record_decision(decision("next")).await.unwrap();
     log.close();
     assert_eq!(after_batch.seq(), 21);
-    let mut rotated: Vec<PathBuf> = fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p != &path)
-        .collect();
-    rotated.sort();
+    let rotated = rotated_files(&path).unwrap();
+    assert_eq!(
+        rotation_set(&path).unwrap(),
+        [rotated.as_slice(), std::slice::from_ref(&path)].concat()
+    );
     let counts: Vec<usize> = rotated.iter().map(|p| lines(p).len()).collect();
     assert_eq!(counts.iter().sum::<usize>(), 20, "{counts:?}");
     assert_eq!(counts, [20], "one batch, one file");
@@ -678,4 +659,163 @@ async fn keyed_lines_carry_alg_and_an_hmac() {
         Err(AuditError::CorruptTail { detail, .. }) => assert!(detail.contains("bad_hash")),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn failure_kinds_classify_the_os_error_first_then_the_step() {
+    use std::io::Error;
+    // Linux errno values: ENOSPC 28, EDQUOT 122, EACCES 13, EPERM 1, EROFS 30, EIO 5, EBADF 9.
+    let cases = [
+        (28, WriteStep::Write, FailureKind::DiskFull),
+        (28, WriteStep::Fsync, FailureKind::DiskFull),
+        (122, WriteStep::Write, FailureKind::DiskFull),
+        (13, WriteStep::Restore, FailureKind::Permission),
+        (1, WriteStep::Write, FailureKind::Permission),
+        (30, WriteStep::DirSync, FailureKind::Permission),
+        (5, WriteStep::Fsync, FailureKind::Fsync),
+        (5, WriteStep::DirSync, FailureKind::Fsync),
+        (5, WriteStep::Write, FailureKind::Io),
+        (9, WriteStep::Restore, FailureKind::Io),
+    ];
+    for (errno, step, want) in cases {
+        let e = Error::from_raw_os_error(errno);
+        assert_eq!(
+            FailureKind::classify(step, &e),
+            want,
+            "errno {errno} at {step:?}"
+        );
+    }
+    assert_eq!(
+        FailureKind::classify(WriteStep::Fsync, &Error::other("x")),
+        FailureKind::Fsync
+    );
+    let labels: HashSet<&str> = FailureKind::ALL.iter().map(|k| k.as_str()).collect();
+    assert_eq!(
+        labels,
+        HashSet::from(["disk_full", "permission", "fsync", "io"])
+    );
+    for (i, k) in FailureKind::ALL.iter().enumerate() {
+        assert_eq!(k.index(), i);
+    }
+}
+
+#[tokio::test]
+async fn full_disk_fails_the_batch_as_disk_full_with_the_os_error_kept() {
+    // /dev/full accepts the open and answers every write with ENOSPC.
+    let log = AuditLog::open(Path::new("/dev/full")).unwrap();
+    let err = log.record_decision(decision("full")).await.unwrap_err();
+    let AuditError::Write(f) = &err else {
+        panic!("expected a write failure, got {err:?}");
+    };
+    assert_eq!(f.kind(), FailureKind::DiskFull);
+    assert_eq!(f.step(), WriteStep::Write);
+    assert_eq!(f.path(), Path::new("/dev/full"));
+    assert_eq!(f.io_error().raw_os_error(), Some(28), "ENOSPC");
+    assert_eq!(err.failure_kind(), Some(FailureKind::DiskFull));
+    // The cause is reachable as a typed source, not only as text.
+    let source = std::error::Error::source(&err).expect("write failure as source");
+    let io = std::error::Error::source(source)
+        .and_then(|e| e.downcast_ref::<std::io::Error>())
+        .expect("io::Error as the failure's source");
+    assert_eq!(io.kind(), std::io::ErrorKind::StorageFull);
+    assert!(err.to_string().contains("disk_full"), "{err}");
+
+    let s = log.stats();
+    assert_eq!(s.write_failures, 1);
+    assert_eq!(s.write_failures_by_kind.get(FailureKind::DiskFull), 1);
+    assert_eq!(
+        s.write_failures_by_kind.iter().map(|(_, n)| n).sum::<u64>(),
+        s.write_failures
+    );
+    assert_eq!(s.records_written, 0);
+    assert!(!log.healthy());
+    log.close();
+}
+
+#[tokio::test]
+async fn failed_fsync_is_counted_as_fsync_and_the_kinds_add_up() {
+    let (_dir, path) = tmp_log();
+    let log = AuditLog::open(&path).unwrap();
+    log.fail_next_writes(2);
+    for id in ["a", "b"] {
+        match log.record_decision(decision(id)).await {
+            Err(AuditError::Write(f)) => {
+                assert_eq!((f.kind(), f.step()), (FailureKind::Fsync, WriteStep::Fsync));
+                assert_eq!(f.path(), path);
+            }
+            other => panic!("expected a write failure, got {other:?}"),
+        }
+    }
+    log.record_decision(decision("ok")).await.unwrap();
+    let s = log.stats();
+    assert_eq!(s.write_failures, 2);
+    let by_kind: Vec<(FailureKind, u64)> = s.write_failures_by_kind.iter().collect();
+    assert_eq!(
+        by_kind,
+        [
+            (FailureKind::DiskFull, 0),
+            (FailureKind::Permission, 0),
+            (FailureKind::Fsync, 2),
+            (FailureKind::Io, 0),
+        ]
+    );
+    assert!(log.healthy());
+    log.close();
+    verify_file(&path).unwrap();
+}
+
+#[tokio::test]
+async fn short_hmac_key_is_refused_by_the_one_check() {
+    let (_dir, path) = tmp_log();
+    let short = vec![7u8; MIN_HMAC_KEY_BYTES - 1];
+    assert_eq!(
+        check_hmac_key(&short),
+        Err(KeyTooShort {
+            len: MIN_HMAC_KEY_BYTES - 1
+        })
+    );
+    assert_eq!(check_hmac_key(&[7u8; MIN_HMAC_KEY_BYTES]), Ok(()));
+    let opts = AuditOptions {
+        hmac_key: Some(short),
+        ..AuditOptions::default()
+    };
+    match AuditLog::open_with(&path, opts) {
+        Err(AuditError::KeyTooShort { source, .. }) => {
+            assert_eq!(source.len, MIN_HMAC_KEY_BYTES - 1);
+        }
+        other => panic!("expected KeyTooShort, got {other:?}"),
+    }
+    assert!(!path.exists(), "nothing is created for a refused key");
+}
+
+#[test]
+fn first_line_reader_reports_complete_torn_and_empty() {
+    use super::scan::{read_first_line, FirstLine, ReadFromStart};
+    let read = |b: &[u8]| read_first_line(b).unwrap();
+    assert_eq!(read(b""), None);
+    assert_eq!(
+        read(b"{\"seq\":1}\n{\"seq\":2}\n"),
+        Some(FirstLine {
+            bytes: b"{\"seq\":1}".to_vec(),
+            complete: true
+        })
+    );
+    assert_eq!(
+        read(b"{\"se"),
+        Some(FirstLine {
+            bytes: b"{\"se".to_vec(),
+            complete: false
+        })
+    );
+    // Positioned reads leave the descriptor's offset where it was.
+    let (_dir, path) = tmp_log();
+    fs::write(&path, b"first\nsecond\n").unwrap();
+    let mut f = fs::File::open(&path).unwrap();
+    use std::io::{Read, Seek};
+    f.seek(std::io::SeekFrom::Start(6)).unwrap();
+    let got = read_first_line(ReadFromStart::new(&f)).unwrap().unwrap();
+    assert_eq!(got.bytes, b"first");
+    let mut rest = String::new();
+    f.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "second\n");
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::line::{parse_line, GENESIS_PREV};
+use super::scan::read_first_line_of;
 
 /// What a clean walk of the whole file established.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,19 +294,14 @@ fn first_seq(path: &Path, key: Option<&[u8]>) -> Result<Option<u64>, SetError> {
         path: path.to_owned(),
         source,
     };
-    let mut reader = BufReader::new(File::open(path).map_err(io_err)?);
-    let mut buf = Vec::new();
-    if reader.read_until(b'\n', &mut buf).map_err(io_err)? == 0 {
+    let Some(first) = read_first_line_of(path).map_err(io_err)? else {
         return Ok(None);
-    }
-    let torn = buf.last() != Some(&b'\n');
-    if !torn {
-        buf.pop();
-    }
+    };
+    let buf = first.bytes;
     if let Ok(s) = serde_json::from_slice::<SeqOnly>(&buf) {
         return Ok(Some(s.seq));
     }
-    let (kind, detail) = if torn {
+    let (kind, detail) = if !first.complete {
         (
             BreakKind::TornLine,
             "the only line has no terminating newline".to_owned(),
