@@ -1,8 +1,7 @@
 //! passgate's own credential: certificate (`private_key_jwt`) in both forms Entra accepts.
 
-mod common;
+use crate::common::*;
 use base64::Engine;
-use common::*;
 use rsa::pkcs8::{EncodePrivateKey, LineEnding};
 
 /// A PEM "certificate" whose DER bytes are fixed: the emulator (like Entra) only hashes the DER

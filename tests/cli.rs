@@ -1,10 +1,8 @@
 //! The binary's own surface: `check` on shipped and broken configs, and `dev --state-file`.
 
-mod common;
+use crate::common::{self, ChildGuard, BIN};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-
-const BIN: &str = env!("CARGO_BIN_EXE_passgate");
 
 #[test]
 fn check_accepts_every_shipped_config() {
@@ -85,15 +83,17 @@ fn check_rejects_a_broken_file_with_file_line_column() {
 async fn dev_writes_a_state_file_whose_tokens_work_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let state_path = dir.path().join("state.json");
-    let mut child = Command::new(BIN)
-        .args(["dev", "--listen", "127.0.0.1:0", "--state-file"])
-        .arg(&state_path)
-        .arg("--audit-log")
-        .arg(dir.path().join("audit.jsonl"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("dev starts");
+    let mut child = ChildGuard(
+        Command::new(BIN)
+            .args(["dev", "--listen", "127.0.0.1:0", "--state-file"])
+            .arg(&state_path)
+            .arg("--audit-log")
+            .arg(dir.path().join("audit.jsonl"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dev starts"),
+    );
     // The banner is printed after the state file is written: read until it appears.
     let stdout = child.stdout.take().unwrap();
     let mut banner = String::new();
@@ -131,8 +131,7 @@ async fn dev_writes_a_state_file_whose_tokens_work_end_to_end() {
     let ok = common::send("POST", &url, &[common::bearer(alice)], b"").await;
     let bob = state["operators"]["bob"]["token"].as_str().unwrap();
     let denied = common::send("POST", &url, &[common::bearer(bob)], b"").await;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     assert_eq!(ok.status, 204);
     assert_eq!(
         (denied.status, denied.code().as_str()),

@@ -1,8 +1,7 @@
 //! Limits are exact under concurrency: N simultaneous requests against a limit of k admit exactly
 //! k, forward exactly k, and leave exactly N decision records in a chain that verifies.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 /// Sends every (url, token) at once from its own task and returns the statuses and codes.
 async fn burst(calls: Vec<(String, String)>) -> Vec<(u16, String)> {

@@ -3,26 +3,18 @@
 //! must have a durable allow record, and the audit chain must verify after a restart (a torn
 //! final line, if the kill cut a write, is cut off and noted in a `recovery` record).
 
+use crate::common::{free_port, ChildGuard, TestClient, BIN};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use passgate::sandbox::{SampleTenant, Sandbox};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// A free loopback port (the binary is told to listen there; a tiny race we accept in tests).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The dev config pointed at the in-process sandbox, with limits out of the way.
 fn serve_config(sb: &Sandbox, port: u16, audit: &Path) -> String {
@@ -57,8 +49,6 @@ fn serve_config(sb: &Sandbox, port: u16, audit: &Path) -> String {
     format!("{cfg}\nadmin:\n  enabled: false\n")
 }
 
-type TestClient = Client<HttpConnector, Full<Bytes>>;
-
 fn test_client(pool: usize) -> TestClient {
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(pool)
@@ -66,7 +56,8 @@ fn test_client(pool: usize) -> TestClient {
 }
 
 struct Gateway {
-    child: Child,
+    /// Killed through this handle (SIGKILL is the point of the test), also if the test fails.
+    child: ChildGuard,
     url: String,
 }
 
@@ -79,17 +70,19 @@ async fn spawn_gateway(sb: &Sandbox, dir: &Path, audit: &Path, n: u32) -> Gatewa
     passgate::config::load_str(&cfg, "crash-test.yaml").expect("generated config is valid");
     std::fs::write(&cfg_path, cfg).unwrap();
     let log = std::fs::File::create(dir.join(format!("gateway-{n}.log"))).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_passgate"))
-        .arg("serve")
-        .arg("--config")
-        .arg(&cfg_path)
-        .env("PASSGATE_CLIENT_SECRET", sb.client_secret())
-        .env("PASSGATE_LOG", "passgate=warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("passgate binary starts");
+    let mut child = ChildGuard(
+        Command::new(BIN)
+            .arg("serve")
+            .arg("--config")
+            .arg(&cfg_path)
+            .env("PASSGATE_CLIENT_SECRET", sb.client_secret())
+            .env("PASSGATE_LOG", "passgate=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("passgate binary starts"),
+    );
     let addr = format!("127.0.0.1:{port}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {

@@ -2,18 +2,10 @@
 //! operator (status, Graph-shaped code), to the security team (audit records) and to monitoring
 //! (metrics). After every fault the same gateway must answer a healthy request again.
 
-mod common;
-use common::*;
+use crate::common::*;
 use passgate::dev::DevEnv;
 use passgate::sandbox::Fault;
 use std::time::{Duration, Instant};
-
-async fn metric(env: &DevEnv, name: &str, labels: &[&str]) -> f64 {
-    let admin = env.admin_url.as_deref().expect("admin listener");
-    let r = send("GET", &format!("{admin}/metrics"), &[], b"").await;
-    assert_eq!(r.status, 200);
-    metric_value(&String::from_utf8_lossy(&r.body), name, labels)
-}
 
 /// The dev config with room for several allowed calls on one device and the given `graph:` keys.
 fn config(graph_extra: &str, auth_extra: &str) -> String {

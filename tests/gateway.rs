@@ -1,7 +1,6 @@
 //! The core request path, end to end over real HTTP on loopback: sandbox emulator ← gateway ← test.
 
-mod common;
-use common::*;
+use crate::common::*;
 use passgate::sandbox::{Signing, TokenForm};
 use serde_json::json;
 use std::time::Duration;

@@ -2,11 +2,10 @@
 //! "clean up" into the guarded action must get a clear refusal, and nothing may reach Graph.
 //! Requests go out over a raw TCP stream so the bytes arrive exactly as written.
 
-mod common;
-use common::*;
+use crate::common::*;
 use passgate::dev::DevEnv;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// A response read off the wire.
@@ -28,22 +27,11 @@ impl Raw {
 /// Sends `request` verbatim and reads the answer until the gateway closes the connection.
 /// Bounded: a gateway that hangs fails the test instead of wedging it.
 async fn raw(env: &DevEnv, request: &[u8]) -> Raw {
-    let addr = env.gateway_url.trim_start_matches("http://");
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(request).await.expect("write request");
-    let mut buf = Vec::new();
-    let read = async {
-        let mut chunk = [0u8; 8192];
-        loop {
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(15), read)
+    let mut s = TcpStream::connect(gateway_addr(env))
         .await
-        .expect("gateway answered and closed within 15 s");
+        .expect("connect");
+    s.write_all(request).await.expect("write request");
+    let buf = read_to_close(&mut s, Duration::from_secs(15)).await;
     let split = buf
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

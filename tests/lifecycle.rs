@@ -1,15 +1,13 @@
 //! The `serve` process over its lifetime: SIGHUP and file-change reloads (atomic, invalid files
 //! rejected, limits kept), and SIGTERM draining then closing the audit log with exit 0.
 
-mod common;
-use common::*;
+use crate::common::*;
 use passgate::sandbox::{SampleTenant, Sandbox};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_passgate");
 /// An upper bound for a condition we wait on; never a synchronisation sleep.
 const BOUND: Duration = Duration::from_secs(20);
 

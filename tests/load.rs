@@ -1,9 +1,8 @@
 //! Bounded load on loopback: many concurrent allowed + denied calls, no error other than the
 //! intended denials, one decision record per request, and a chain that verifies.
 
-mod common;
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
@@ -11,8 +10,6 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-type TestClient = Client<HttpConnector, Full<Bytes>>;
 
 async fn run_load(total: usize, concurrency: usize) {
     let cfg = passgate::dev::DEV_CONFIG

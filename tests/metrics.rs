@@ -1,19 +1,7 @@
 //! Metrics move as they should under real traffic, and the exposition is valid Prometheus text.
 
-mod common;
-use common::*;
+use crate::common::*;
 use passgate::sandbox::Fault;
-
-async fn scrape(env: &passgate::dev::DevEnv) -> String {
-    let admin = env.admin_url.as_deref().expect("admin listener");
-    let r = send("GET", &format!("{admin}/metrics"), &[], b"").await;
-    assert_eq!(r.status, 200);
-    assert!(r
-        .header("content-type")
-        .unwrap_or_default()
-        .starts_with("text/plain; version=0.0.4"));
-    String::from_utf8(r.body.to_vec()).expect("utf-8 exposition")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_and_histograms_follow_real_traffic() {
@@ -258,15 +246,7 @@ async fn health_and_readiness_endpoints() {
 /// package; `.ci/run` installs it and sets PASSGATE_REQUIRE_TOOLS=1 so its absence fails there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promtool_accepts_the_exposition() {
-    let promtool = std::process::Command::new("promtool")
-        .arg("--version")
-        .output();
-    if promtool.is_err() {
-        assert!(
-            std::env::var("PASSGATE_REQUIRE_TOOLS").is_err(),
-            "promtool missing: apt-get install prometheus"
-        );
-        eprintln!("SKIPPED: promtool not installed (apt-get install prometheus)");
+    if !tool_available("promtool") {
         return;
     }
     let env = start().await;

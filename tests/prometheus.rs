@@ -2,36 +2,13 @@
 //! package `prometheus`); `.ci/run` installs it and sets PASSGATE_REQUIRE_TOOLS=1 so that a
 //! missing binary fails there instead of skipping.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn have(bin: &str) -> bool {
-    Command::new(bin)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_the_admin_endpoint() {
-    if !have("prometheus") {
-        assert!(
-            std::env::var("PASSGATE_REQUIRE_TOOLS").is_err(),
-            "prometheus missing: apt-get install prometheus"
-        );
-        eprintln!("SKIPPED: prometheus not installed (apt-get install prometheus)");
+    if !tool_available("prometheus") {
         return;
     }
     let env = start().await;
@@ -59,17 +36,21 @@ async fn prometheus_scrapes_the_admin_endpoint() {
     )
     .unwrap();
     let port = free_port();
-    let mut prom = Command::new("prometheus")
-        .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prometheus starts");
+    // Our own Prometheus, ended through this handle only (also if the test panics): never by
+    // name, which would hit any other Prometheus on the machine.
+    let prom = ChildGuard(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus starts"),
+    );
     // Poll Prometheus's own API until the target is up and a passgate series is queryable.
     let api = format!("http://127.0.0.1:{port}/api/v1");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -117,8 +98,7 @@ async fn prometheus_scrapes_the_admin_endpoint() {
             Err(e) => e.to_string(),
         }
     };
-    let _ = prom.kill();
-    let _ = prom.wait();
+    drop(prom);
     assert!(ok, "prometheus never saw passgate_requests_total: {last}");
     assert!(targets.contains("\"health\":\"up\""), "{targets}");
     env.stop().await;

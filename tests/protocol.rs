@@ -1,8 +1,7 @@
 //! Hostile HTTP/1.x on the wire: raw bytes over a TCP socket to the plain-HTTP listener, so the
 //! test controls framing exactly. Every case also asserts Graph saw no recoverPasscode call.
 
-mod common;
-use common::*;
+use crate::common::*;
 use passgate::dev::{DevEnv, DEV_CONFIG};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,45 +17,20 @@ fn with_server(extra: &str) -> String {
     DEV_CONFIG.replacen(anchor, &format!("{anchor}{extra}"), 1)
 }
 
-fn addr(env: &DevEnv) -> String {
-    env.gateway_url.trim_start_matches("http://").to_string()
-}
-
-fn action_path(env: &DevEnv, device: &str) -> String {
-    format!(
-        "/v1.0/deviceManagement/managedDevices/{}/recoverPasscode",
-        device_id(env, device)
-    )
-}
-
 async fn connect(env: &DevEnv) -> TcpStream {
-    TcpStream::connect(addr(env)).await.unwrap()
+    TcpStream::connect(gateway_addr(env)).await.unwrap()
 }
 
 /// Writes `bytes` and reads until the server closes (bounded). Returns everything read.
 async fn exchange(env: &DevEnv, bytes: &[u8]) -> String {
     let mut s = connect(env).await;
     s.write_all(bytes).await.unwrap();
-    read_to_close(&mut s).await
+    read_text_to_close(&mut s).await
 }
 
-async fn read_to_close(s: &mut TcpStream) -> String {
-    let mut out = Vec::new();
-    let r = tokio::time::timeout(BOUND, async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
-    assert!(
-        r.is_ok(),
-        "server did not close the connection within {BOUND:?}"
-    );
-    String::from_utf8_lossy(&out).into_owned()
+/// Everything the server sends until it closes the connection (bounded), as text.
+async fn read_text_to_close(s: &mut TcpStream) -> String {
+    String::from_utf8_lossy(&read_to_close(s, BOUND).await).into_owned()
 }
 
 /// Parsed HTTP/1.x responses in a byte stream (Content-Length framed, as passgate answers).
@@ -113,14 +87,6 @@ fn answers(mut text: &str) -> Vec<Answer> {
         });
     }
     out
-}
-
-fn no_calls(env: &DevEnv) {
-    assert_eq!(
-        env.sandbox.recover_passcode_calls().len(),
-        0,
-        "nothing may reach Graph's recoverPasscode"
-    );
 }
 
 fn post(path: &str, extra_headers: &str) -> String {
@@ -195,7 +161,7 @@ async fn a_request_body_is_refused_and_a_huge_one_is_not_buffered() {
     );
     s.write_all(head.as_bytes()).await.unwrap();
     let _ = s.write_all(&[b'x'; 2048]).await;
-    let a = answers(&read_to_close(&mut s).await);
+    let a = answers(&read_text_to_close(&mut s).await);
     assert_eq!(a[0].status(), 400, "{a:?}");
     assert_eq!(a[0].code(), "request_body_not_allowed");
     no_calls(&env);
@@ -213,14 +179,14 @@ async fn a_body_that_stalls_or_breaks_is_refused_as_what_it_is() {
     let mut s = connect(&env).await;
     let head = post(&path, "Content-Length: 10\r\n");
     s.write_all(format!("{head}abc").as_bytes()).await.unwrap();
-    let a = answers(&read_to_close(&mut s).await);
+    let a = answers(&read_text_to_close(&mut s).await);
     assert_eq!(a[0].status(), 408, "{a:?}");
     assert_eq!(a[0].code(), "request_body_timeout");
     // 3 of 10 announced bytes, then the client stops sending: the body cannot be read.
     let mut s = connect(&env).await;
     s.write_all(format!("{head}abc").as_bytes()).await.unwrap();
     s.shutdown().await.unwrap();
-    let a = answers(&read_to_close(&mut s).await);
+    let a = answers(&read_text_to_close(&mut s).await);
     assert_eq!(a[0].status(), 400, "{a:?}");
     assert_eq!(a[0].code(), "request_body_unreadable");
     no_calls(&env);
@@ -466,7 +432,7 @@ async fn over_the_connection_limit_clients_wait_instead_of_being_served_concurre
     assert!(early.is_err(), "served beyond max_connections");
     // ...until the first one goes away.
     drop(first);
-    let a = answers(&read_to_close(&mut second).await);
+    let a = answers(&read_text_to_close(&mut second).await);
     assert_eq!(a[0].status(), 401, "{a:?}");
     no_calls(&env);
     env.stop().await;

@@ -3,32 +3,63 @@
 //! logs, the audit files and every response must contain neither the client secret, nor any
 //! app token, nor any operator token. The real binary (`passgate dev`) is checked the same way.
 
-mod common;
-use common::*;
+use crate::common::*;
 use passgate::dev::DevEnv;
 use passgate::sandbox::{Fault, Signing, TokenForm};
 use serde_json::json;
+use std::cell::RefCell;
 use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
+use tracing::dispatcher::{self, DefaultGuard, Dispatch};
 
-const HOUR: Duration = Duration::from_secs(3600);
-
-/// Every log line of this test binary, from every thread and task.
-fn log_buffer() -> &'static Arc<Mutex<Vec<u8>>> {
-    static BUF: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    BUF.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let sink = buf.clone();
-        // Global, not thread-local: the gateway's connection tasks run on other threads.
+/// A runtime whose every thread (workers and blocking pool; the gateway's connection tasks run
+/// there) logs at debug level, all crates, into `buf`; the returned guard does the same for the
+/// calling thread, which drives `block_on`. Not a process-global subscriber: the other tests in
+/// this binary run in the same process, and neither should they log at debug level nor should
+/// their lines land in this test's capture.
+///
+/// Also returns a second, inert dispatcher to keep alive alongside: with only one dispatcher
+/// registered, tracing-core decides a callsite's interest (and the global max level) from the
+/// default of whichever thread hits the callsite first, which may be another test's thread with
+/// no subscriber, and the callsite would then stay disabled for this capture too. With two,
+/// it asks every registered dispatcher.
+fn capturing_runtime(
+    buf: &Arc<Mutex<Vec<u8>>>,
+) -> (tokio::runtime::Runtime, DefaultGuard, Dispatch) {
+    let second = Dispatch::new(tracing::subscriber::NoSubscriber::default());
+    thread_local! {
+        static GUARD: RefCell<Option<DefaultGuard>> = const { RefCell::new(None) };
+    }
+    // `log` records (rustls, hyper-rustls, openidconnect) reach tracing, hence this capture, as
+    // they do in the binary, whose subscriber's `init` installs the same bridge. Process-wide but
+    // inert elsewhere: it hands each record to the current thread's dispatcher, which on other
+    // tests' threads is none.
+    let _ = tracing_log::LogTracer::builder()
+        .with_max_level(tracing_log::log::LevelFilter::Debug)
+        .init();
+    let sink = buf.clone();
+    let dispatch = Dispatch::new(
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
             .with_ansi(false)
             .with_writer(move || Capture(sink.clone()))
-            .init();
-        buf
-    })
+            .finish(),
+    );
+    let for_threads = dispatch.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .on_thread_start(move || {
+            GUARD.with(|g| *g.borrow_mut() = Some(dispatcher::set_default(&for_threads)));
+        })
+        .on_thread_stop(|| {
+            GUARD.with(|g| g.borrow_mut().take());
+        })
+        .build()
+        .expect("runtime");
+    (rt, dispatcher::set_default(&dispatch), second)
 }
 
 struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -210,9 +241,14 @@ async fn failures(env: &DevEnv, tx: &mut Transcript) {
     env.sandbox.set_fault(Fault::None);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_secret_reaches_logs_audit_or_responses() {
-    let logs = log_buffer();
+#[test]
+fn no_secret_reaches_logs_audit_or_responses() {
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let (rt, _this_thread, _second) = capturing_runtime(&logs);
+    rt.block_on(mix_then_search_for_secrets(&logs));
+}
+
+async fn mix_then_search_for_secrets(logs: &Mutex<Vec<u8>>) {
     let env = start().await;
     let env2 = start().await;
     let mut tx = Transcript::default();
@@ -265,7 +301,7 @@ fn contains_jwt(s: &str) -> bool {
 async fn the_dev_binary_logs_no_secret_at_debug_level() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state.json");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_passgate"))
+    let mut child = tokio::process::Command::new(BIN)
         .args(["dev", "--listen", "127.0.0.1:0", "--state-file"])
         .arg(&state)
         .arg("--audit-log")

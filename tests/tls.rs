@@ -2,9 +2,8 @@
 //! good client certificates, subject in the audit record) and certificate reload without restart.
 //! Certificates are made at test time with rcgen.
 
-mod common;
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use passgate::dev::{DevEnv, DEV_CONFIG};
@@ -144,21 +143,10 @@ fn client_config(
     cfg
 }
 
-fn addr(env: &DevEnv) -> String {
-    env.gateway_url.trim_start_matches("https://").to_string()
-}
-
-fn action_path(env: &DevEnv, device: &str) -> String {
-    format!(
-        "/v1.0/deviceManagement/managedDevices/{}/recoverPasscode",
-        device_id(env, device)
-    )
-}
-
 type Tls = tokio_rustls::client::TlsStream<TcpStream>;
 
 async fn handshake(env: &DevEnv, cfg: rustls::ClientConfig) -> std::io::Result<Tls> {
-    let tcp = TcpStream::connect(addr(env)).await?;
+    let tcp = TcpStream::connect(gateway_addr(env)).await?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
     tokio::time::timeout(
         BOUND,
@@ -204,10 +192,6 @@ async fn post(tls: Tls, path: &str, bearer: Option<&str>) -> Result<u16, String>
     tokio::time::timeout(BOUND, fut)
         .await
         .map_err(|_| "request timed out".to_string())?
-}
-
-fn no_calls(env: &DevEnv) {
-    assert_eq!(env.sandbox.recover_passcode_calls().len(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,7 +292,7 @@ fn tls12_client_hello() -> Vec<u8> {
 async fn tls_1_1_is_refused_with_a_protocol_version_alert() {
     let pki = Pki::new();
     let env = start_with(Some(pki.config(false))).await;
-    let mut s = TcpStream::connect(addr(&env)).await.unwrap();
+    let mut s = TcpStream::connect(gateway_addr(&env)).await.unwrap();
     s.write_all(&tls11_client_hello()).await.unwrap();
     let mut got = Vec::new();
     let r = tokio::time::timeout(BOUND, s.read_to_end(&mut got)).await;
@@ -318,7 +302,7 @@ async fn tls_1_1_is_refused_with_a_protocol_version_alert() {
     assert_eq!(got[5], 2, "fatal");
     assert_eq!(got[6], 70, "protocol_version");
 
-    let mut s = TcpStream::connect(addr(&env)).await.unwrap();
+    let mut s = TcpStream::connect(gateway_addr(&env)).await.unwrap();
     let hello = tls12_client_hello();
     assert_eq!(&hello[9..11], &[0x03, 0x03]);
     s.write_all(&hello).await.unwrap();
@@ -530,7 +514,7 @@ async fn a_stalled_handshake_is_cut_off() {
     );
     let env = start_with(Some(text)).await;
     // Half a ClientHello record header, then nothing.
-    let mut s = TcpStream::connect(addr(&env)).await.unwrap();
+    let mut s = TcpStream::connect(gateway_addr(&env)).await.unwrap();
     let started = std::time::Instant::now();
     s.write_all(&[0x16, 0x03]).await.unwrap();
     let mut got = Vec::new();

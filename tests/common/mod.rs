@@ -1,11 +1,21 @@
-//! Shared test harness: starts the sandbox + gateway in-process on loopback and speaks plain HTTP.
-#![allow(dead_code)]
+//! Shared test harness: starts the sandbox + gateway in-process on loopback and speaks plain HTTP;
+//! plus the helpers more than one test module needs (raw sockets, metrics, child processes).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use passgate::dev::{self, DevEnv, DevOptions};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+/// The `passgate` binary Cargo built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_passgate");
+
+/// Operator token lifetime most tests use.
+pub const HOUR: Duration = Duration::from_secs(3600);
 
 pub struct Resp {
     pub status: u16,
@@ -32,7 +42,9 @@ impl Resp {
     }
 }
 
-pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+pub type TestClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> TestClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
@@ -84,17 +96,37 @@ pub fn device_id(env: &DevEnv, name: &str) -> String {
         .clone()
 }
 
-pub fn action_url(env: &DevEnv, device: &str) -> String {
+/// The guarded action's path (no scheme or authority) for a sample device.
+pub fn action_path(env: &DevEnv, device: &str) -> String {
     format!(
-        "{}/v1.0/deviceManagement/managedDevices/{}/recoverPasscode",
-        env.gateway_url,
+        "/v1.0/deviceManagement/managedDevices/{}/recoverPasscode",
         device_id(env, device)
     )
 }
 
+pub fn action_url(env: &DevEnv, device: &str) -> String {
+    format!("{}{}", env.gateway_url, action_path(env, device))
+}
+
+/// The gateway listener's `host:port`, for raw sockets (plain or TLS listener).
+pub fn gateway_addr(env: &DevEnv) -> String {
+    env.gateway_url
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .to_string()
+}
+
+/// Nothing reached Graph's recoverPasscode.
+pub fn no_calls(env: &DevEnv) {
+    assert_eq!(
+        env.sandbox.recover_passcode_calls().len(),
+        0,
+        "nothing may reach Graph's recoverPasscode"
+    );
+}
+
 pub fn token(env: &DevEnv, operator: &str) -> String {
-    env.sandbox
-        .operator_token(operator, std::time::Duration::from_secs(3600))
+    env.sandbox.operator_token(operator, HOUR)
 }
 
 /// All audit lines as JSON values.
@@ -197,4 +229,94 @@ pub fn metric_value(text: &str, name: &str, labels: &[&str]) -> f64 {
         })
         .map(|(_, v)| v)
         .sum()
+}
+
+/// The admin listener's `/metrics` exposition (asserts 200 and the text format's content type).
+pub async fn scrape(env: &DevEnv) -> String {
+    let admin = env.admin_url.as_deref().expect("admin listener");
+    let r = send("GET", &format!("{admin}/metrics"), &[], b"").await;
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("content-type")
+        .unwrap_or_default()
+        .starts_with("text/plain; version=0.0.4"));
+    String::from_utf8(r.body.to_vec()).expect("utf-8 exposition")
+}
+
+/// [`metric_value`] of a fresh scrape.
+pub async fn metric(env: &DevEnv, name: &str, labels: &[&str]) -> f64 {
+    metric_value(&scrape(env).await, name, labels)
+}
+
+/// Reads until the peer closes the connection (or it fails); panics if that takes longer than
+/// `bound`, so a gateway that hangs fails the test instead of wedging it.
+pub async fn read_to_close(s: &mut TcpStream, bound: Duration) -> Vec<u8> {
+    let mut out = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 8192];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    if tokio::time::timeout(bound, read).await.is_err() {
+        panic!("the gateway did not close the connection within {bound:?}");
+    }
+    out
+}
+
+/// A free loopback port, for a child process told to listen there (a tiny race we accept).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Whether an external tool (from Debian's `prometheus` package) can run. When it cannot, the
+/// test skips, except under `PASSGATE_REQUIRE_TOOLS` (set by `.ci/run`), where it fails.
+pub fn tool_available(bin: &str) -> bool {
+    let runs = Command::new(bin)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !runs {
+        assert!(
+            std::env::var_os("PASSGATE_REQUIRE_TOOLS").is_none(),
+            "{bin} missing: apt-get install prometheus"
+        );
+        eprintln!("SKIPPED: {bin} not installed (apt-get install prometheus)");
+    }
+    runs
+}
+
+/// A child process that is killed (by its own handle, never by name) and reaped when dropped,
+/// so a failing test leaves nothing running. Derefs to the [`Child`].
+pub struct ChildGuard(pub Child);
+
+impl std::ops::Deref for ChildGuard {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ChildGuard {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
 }
