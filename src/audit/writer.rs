@@ -81,7 +81,8 @@ pub(super) struct Shared {
     pub(super) last_batch_failed: AtomicBool,
     fsync_observer: RwLock<Option<FsyncObserver>>,
     /// Fault injection: the next N batches fail after their bytes were written (as a failed
-    /// fsync would). See [`AuditLog::fail_next_writes`].
+    /// fsync would). Compiled only into test builds; see `AuditLog::fail_next_writes`.
+    #[cfg(any(test, feature = "fault-injection"))]
     fail_next: AtomicU32,
     #[cfg(test)]
     test: super::test_hooks::Hooks,
@@ -103,10 +104,17 @@ impl Shared {
         }
     }
 
+    #[cfg(any(test, feature = "fault-injection"))]
     pub(super) fn take_injected_failure(&self) -> bool {
         self.fail_next
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()
+    }
+
+    /// Without the test-only fault injection, no batch is ever failed on purpose.
+    #[cfg(not(any(test, feature = "fault-injection")))]
+    pub(super) fn take_injected_failure(&self) -> bool {
+        false
     }
 }
 
@@ -353,10 +361,10 @@ impl AuditLog {
     }
 
     /// Fault injection: the next `n` batches fail after writing their bytes, as if fsync had
-    /// failed (counted as kind `fsync`). Exists so tests — including the integration tests in
-    /// `tests/`, which link the library built without `cfg(test)` — can exercise fail-closed
-    /// paths; it can only cause refusals, never a forward.
-    #[doc(hidden)]
+    /// failed (counted as kind `fsync`). Compiled only for tests: unit tests (`cfg(test)`) and
+    /// the integration tests, which enable the `fault-injection` feature through passgate's
+    /// dev-dependency on itself; a normal or release build has no such method.
+    #[cfg(any(test, feature = "fault-injection"))]
     pub fn fail_next_writes(&self, n: u32) {
         self.inner.shared.fail_next.store(n, Ordering::SeqCst);
     }

@@ -786,7 +786,7 @@ impl Validator<'_> {
         }
         let mut trusted_proxies = Vec::new();
         for (i, c) in sc.trusted_proxies.iter().enumerate() {
-            let cidr = crate::server::client_ip::Cidr::parse(c).map_err(|e| {
+            let cidr = crate::config::cidr::Cidr::parse(c).map_err(|e| {
                 self.err(
                     &server.key("trusted_proxies").index(i),
                     true,

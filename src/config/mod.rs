@@ -2,6 +2,7 @@
 //! Loading must reject anything ambiguous (unknown keys, implicit "any device") rather than guess:
 //! a typo in a security policy must never silently widen it.
 
+pub mod cidr;
 pub mod load;
 pub mod locate;
 pub mod schema;

@@ -75,7 +75,7 @@ pub struct ServerSettings {
     pub h2_max_concurrent_streams: u32,
     /// How often TLS files are re-read.
     pub tls_reload_interval: Duration,
-    pub trusted_proxies: Vec<crate::server::client_ip::Cidr>,
+    pub trusted_proxies: Vec<crate::config::cidr::Cidr>,
 }
 
 impl Default for ServerSettings {
