@@ -157,14 +157,18 @@ pub enum BodyError {
     Inner(String),
 }
 
-/// An error and its causes on one line (`outer: cause: root cause`), for logs. Error types here
-/// keep their cause as a `source` instead of repeating it in their own message.
+/// An error and its causes on one line (`outer: cause: root cause`), for logs. A cause whose
+/// text the line already holds is not repeated: some types (start-up and audit errors, whose
+/// Display is shown to people on its own) name their source in their message as well.
 pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut next = e.source();
     while let Some(cause) = next {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
         next = cause.source();
     }
     out
@@ -246,6 +250,16 @@ mod tests {
         struct Outer(#[source] std::io::Error);
         let e = Outer(std::io::Error::other("disk on fire"));
         assert_eq!(chain(&e), "outer: disk on fire");
+
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer: {0}")]
+        struct Repeats(#[source] std::io::Error);
+        let e = Repeats(std::io::Error::other("disk on fire"));
+        assert_eq!(
+            chain(&e),
+            "outer: disk on fire",
+            "a cause already named is not repeated"
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! request_filter → route → read_body → authenticate → gather_facts → decide → admit
-//!   → (approval) → commit → forward → outcome → logging
+//!   → (approval) → commit → forward → outcome → record_metrics
+//!                 any refusal on the way → refuse (commit_deny) → record_metrics
 //! ```
 //!
 //! The outputs are the lifecycle's proofs (see [`crate::lifecycle`]): only a `Permit` can be
@@ -62,6 +63,22 @@ struct Assessed {
     facts: FactsOutcome,
 }
 
+/// Counts a request as in flight until dropped, so a panic or a dropped task cannot leak the gauge.
+struct InFlight<'a>(&'a Metrics);
+
+impl<'a> InFlight<'a> {
+    fn enter(metrics: &'a Metrics) -> InFlight<'a> {
+        metrics.in_flight.inc();
+        InFlight(metrics)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
+    }
+}
+
 /// How a request ended, for the requests metric.
 struct Verdict {
     route: &'static str,
@@ -88,13 +105,19 @@ fn request_filter(parts: &http::request::Parts, conn: ConnInfo) -> Inbound {
         .and_then(|v| v.to_str().ok())
         .and_then(crate::text::guid)
         .unwrap_or_else(|| request_id.clone());
-    let target = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
+    // Authority-form targets (`CONNECT host:443`) have no path: record them as received.
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| parts.uri.to_string());
     Inbound {
         request_id,
         client_request_id,
         conn,
         method: crate::text::truncated(parts.method.as_str(), 16).to_string(),
-        path: crate::text::truncated(&audit_path(target), crate::audit::MAX_PATH_BYTES).to_string(),
+        path: crate::text::truncated(&audit_path(&target), crate::audit::MAX_PATH_BYTES)
+            .to_string(),
     }
 }
 
@@ -171,9 +194,10 @@ fn body_failure(e: &(dyn std::error::Error + 'static)) -> (Reason, String) {
 
 impl Gateway {
     /// Serves one request; every path ends in a response and none panics on input. Must run in
-    /// a task of its own (the listener spawns one per request): once the allow record is durable,
-    /// an operator who hangs up must not cancel the forward or its outcome record.
-    pub async fn handle<B>(
+    /// a task of its own (the listener spawns one per request, which is why this is not public):
+    /// once the allow record is durable, an operator who hangs up must not cancel the forward or
+    /// its outcome record.
+    pub(crate) async fn handle<B>(
         &self,
         req: http::Request<B>,
         conn: impl Into<ConnInfo>,
@@ -183,7 +207,7 @@ impl Gateway {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let received = Instant::now();
-        self.metrics.in_flight.inc();
+        let _in_flight = InFlight::enter(&self.metrics);
         let (parts, body) = req.into_parts();
         let inbound = request_filter(&parts, conn.into());
         let target = route_target(&parts.uri);
@@ -201,7 +225,7 @@ impl Gateway {
             Ok(served) => served,
             Err(refusal) => self.refuse(&inbound, refusal).await,
         };
-        self.logging(&verdict, received);
+        self.record_metrics(&verdict, received);
         resp
     }
 
@@ -224,9 +248,7 @@ impl Gateway {
         let authenticated = self
             .timed(Stage::Auth, self.authenticate(action, headers))
             .await?;
-        let assessed = self
-            .timed(Stage::Facts, self.gather_facts(inbound, authenticated))
-            .await?;
+        let assessed = self.gather_facts(inbound, authenticated).await?;
         let candidate = self
             .timed(Stage::Decide, async { self.decide(assessed) })
             .await?;
@@ -289,7 +311,8 @@ impl Gateway {
             ));
         }
         let groups = self.policies.groups_to_check(&screen);
-        let facts = match self.facts.facts(&action.managed_device_id, &groups).await {
+        let lookup = self.facts.facts(&action.managed_device_id, &groups);
+        let facts = match self.timed(Stage::Facts, lookup).await {
             Ok(f) => FactsOutcome::Found(f),
             Err(FactsError::NotFound) => FactsOutcome::NotFound,
             Err(e @ FactsError::Unavailable { .. }) => {
@@ -353,6 +376,10 @@ impl Gateway {
     /// commit: the allow record, durable before anything is forwarded (fail closed).
     async fn commit(&self, inbound: &Inbound, permit: Permit) -> Result<Authorized, Box<Refusal>> {
         let authorized = self.audit.commit_allow(inbound, permit).await;
+        if let Ok(a) = &authorized {
+            let (operator, action) = (a.permit().operator(), a.action());
+            tracing::debug!(request_id = %inbound.request_id, oid = %operator.oid, target = %action.target(), audit_seq = a.seq(), "allowed");
+        }
         authorized.map_err(|failed| {
             let Uncommitted { permit, error: e } = *failed;
             tracing::error!(request_id = %inbound.request_id, error = %error::chain(&e), "audit write failed; refusing (fail closed)");
@@ -412,7 +439,7 @@ impl Gateway {
             Err(e) => {
                 tracing::warn!(request_id = %inbound.request_id, error = %error::chain(&e), "forward failed");
                 let reason = forward_reason(&e);
-                let resp = answer::error(inbound, reason, &e.to_string(), HeaderMap::new());
+                let resp = answer::error(inbound, reason, forward_message(&e), HeaderMap::new());
                 // Allowed by policy, but not served: counted under the failure, not "allowed".
                 (
                     resp,
@@ -464,8 +491,8 @@ impl Gateway {
         )
     }
 
-    /// logging: the request's metrics, once, however it ended.
-    fn logging(&self, v: &Verdict, received: Instant) {
+    /// The request's metrics, once, however it ended.
+    fn record_metrics(&self, v: &Verdict, received: Instant) {
         self.metrics
             .requests
             .with_label_values(&[v.route, v.decision, v.reason.as_str()])
@@ -474,7 +501,21 @@ impl Gateway {
             .request_duration
             .with_label_values(&[v.decision])
             .observe(received.elapsed().as_secs_f64());
-        self.metrics.in_flight.dec();
+    }
+}
+
+/// What the operator is told when Graph gave no answer: fixed sentences, never a cause's text.
+fn forward_message(e: &ForwardError) -> &'static str {
+    match e {
+        ForwardError::AppToken(_) => {
+            "passgate could not obtain its app token from Entra ID; nothing was forwarded, retry later"
+        }
+        ForwardError::Timeout(_) => {
+            "Microsoft Graph did not answer in time; the action may or may not have run, check the device before retrying"
+        }
+        ForwardError::Unreachable(_) | ForwardError::Request(_) => {
+            "Microsoft Graph could not be reached; the action may or may not have run, check the device before retrying"
+        }
     }
 }
 

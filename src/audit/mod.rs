@@ -51,6 +51,7 @@ mod recovery;
 mod rotation;
 mod scan;
 pub mod search;
+#[cfg(any(test, feature = "test-support"))]
 #[doc(hidden)]
 pub mod test_support;
 pub mod verify;

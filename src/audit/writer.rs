@@ -6,7 +6,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
@@ -82,8 +82,8 @@ pub(super) struct Shared {
     fsync_observer: RwLock<Option<FsyncObserver>>,
     /// Fault injection: the next N batches fail after their bytes were written (as a failed
     /// fsync would). Compiled only into test builds; see `AuditLog::fail_next_writes`.
-    #[cfg(any(test, feature = "fault-injection"))]
-    fail_next: AtomicU32,
+    #[cfg(any(test, feature = "test-support"))]
+    fail_next: std::sync::atomic::AtomicU32,
     #[cfg(test)]
     test: super::test_hooks::Hooks,
 }
@@ -104,7 +104,7 @@ impl Shared {
         }
     }
 
-    #[cfg(any(test, feature = "fault-injection"))]
+    #[cfg(any(test, feature = "test-support"))]
     pub(super) fn take_injected_failure(&self) -> bool {
         self.fail_next
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -112,7 +112,7 @@ impl Shared {
     }
 
     /// Without the test-only fault injection, no batch is ever failed on purpose.
-    #[cfg(not(any(test, feature = "fault-injection")))]
+    #[cfg(not(any(test, feature = "test-support")))]
     pub(super) fn take_injected_failure(&self) -> bool {
         false
     }
@@ -362,9 +362,9 @@ impl AuditLog {
 
     /// Fault injection: the next `n` batches fail after writing their bytes, as if fsync had
     /// failed (counted as kind `fsync`). Compiled only for tests: unit tests (`cfg(test)`) and
-    /// the integration tests, which enable the `fault-injection` feature through passgate's
+    /// the integration tests, which enable the `test-support` feature through passgate's
     /// dev-dependency on itself; a normal or release build has no such method.
-    #[cfg(any(test, feature = "fault-injection"))]
+    #[cfg(any(test, feature = "test-support"))]
     pub fn fail_next_writes(&self, n: u32) {
         self.inner.shared.fail_next.store(n, Ordering::SeqCst);
     }

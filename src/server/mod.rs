@@ -297,9 +297,25 @@ async fn serve_connection<S>(
         async move {
             let resp = match work.await {
                 Ok(resp) => resp,
-                Err(_) => {
-                    let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+                Err(e) => {
+                    // A bug, not input: the request's own task panicked. Answer in Graph's shape
+                    // with an id to quote, and leave the details to the log.
+                    let request_id = uuid::Uuid::new_v4().to_string();
+                    tracing::error!(%request_id, error = %e, "request task failed");
+                    let body = crate::error::graph_error_json(
+                        "internal_error",
+                        "passgate failed while serving this request; whether Graph acted is unknown if it was allowed, check the audit log",
+                        &request_id,
+                        &request_id,
+                        chrono::Utc::now(),
+                    );
+                    let mut r =
+                        http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
                     *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                    r.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/json"),
+                    );
                     r
                 }
             };
