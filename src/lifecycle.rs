@@ -25,8 +25,7 @@
 //! ```compile_fail,E0451
 //! // An Authorized has private fields: only AuditLog::commit_allow makes one.
 //! let a = passgate::audit::Authorized {
-//!     permit: todo!(), seq: 1, hash: String::new(),
-//!     request_id: String::new(), client_request_id: String::new(),
+//!     permit: todo!(), receipt: todo!(), client_request_id: String::new(),
 //! };
 //! ```
 //!

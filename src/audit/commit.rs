@@ -4,7 +4,7 @@
 //! out an `Authorized` for a record that is not durable, nor one for a denial.
 
 use super::record::{Decision, DecisionRecord, DeviceRecord, OperatorRecord, TargetRecord};
-use super::{AuditError, AuditLog};
+use super::{AuditError, AuditLog, AuditReceipt};
 use crate::auth::{Operator, OperatorKind};
 use crate::error::Reason;
 use crate::lifecycle::{Inbound, Known};
@@ -30,9 +30,7 @@ pub enum CommitError {
 #[derive(Debug)]
 pub struct Authorized {
     permit: Permit,
-    seq: u64,
-    hash: String,
-    request_id: String,
+    receipt: AuditReceipt,
     client_request_id: String,
 }
 
@@ -45,14 +43,14 @@ impl Authorized {
     }
     /// Sequence number of the allow record in the audit chain.
     pub fn seq(&self) -> u64 {
-        self.seq
+        self.receipt.seq()
     }
     /// Hash of the allow record, as written in its `hash` field.
     pub fn hash(&self) -> &str {
-        &self.hash
+        self.receipt.hash()
     }
     pub fn request_id(&self) -> &str {
-        &self.request_id
+        self.receipt.request_id()
     }
     /// The id the forward carries to Graph, so Graph's logs line up with the audit trail.
     pub fn client_request_id(&self) -> &str {
@@ -116,9 +114,7 @@ impl AuditLog {
         match self.commit(rec).await {
             Ok(receipt) => Ok(Authorized {
                 permit,
-                seq: receipt.seq(),
-                hash: receipt.hash().to_string(),
-                request_id: inbound.request_id.clone(),
+                receipt,
                 client_request_id: inbound.client_request_id.clone(),
             }),
             Err(error) => Err(Box::new(Uncommitted { permit, error })),
@@ -150,7 +146,7 @@ impl AuditLog {
         Ok(RecordedDenial { seq: receipt.seq() })
     }
 
-    async fn commit(&self, rec: DecisionRecord) -> Result<super::AuditReceipt, CommitError> {
+    async fn commit(&self, rec: DecisionRecord) -> Result<AuditReceipt, CommitError> {
         match tokio::time::timeout(COMMIT_TIMEOUT, self.record_decision(rec)).await {
             Ok(written) => Ok(written?),
             Err(_) => Err(CommitError::Stalled(COMMIT_TIMEOUT)),
