@@ -369,7 +369,7 @@ fn describe(scope: LimitScope, window: Duration) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::policy::decide::tests::{action, operator, policy, DEV, OID};
     use crate::policy::FactsOutcome;
@@ -379,10 +379,10 @@ mod tests {
     use crate::state::memory::{MemoryStore, SWEEP_EVERY};
     use std::time::Instant;
 
-    const OTHER_DEV: &str = "22222222-c9c9-40c1-abbd-6997016f4c9e";
-    const OTHER_OID: &str = "33333333-6e1f-485b-8b8b-fb86895f0498";
+    pub(crate) const OTHER_DEV: &str = "22222222-c9c9-40c1-abbd-6997016f4c9e";
+    pub(crate) const OTHER_OID: &str = "33333333-6e1f-485b-8b8b-fb86895f0498";
 
-    fn lim(scope: LimitScope, count: u32, secs: u64) -> Limit {
+    pub(crate) fn lim(scope: LimitScope, count: u32, secs: u64) -> Limit {
         Limit {
             scope,
             count,
@@ -391,7 +391,7 @@ mod tests {
     }
 
     /// A Candidate for `policy_name` with `limits`, obtained the only way there is: decide().
-    fn candidate(name: &str, limits: Vec<Limit>, oid: &str, device: &str) -> Candidate {
+    pub(crate) fn candidate(name: &str, limits: Vec<Limit>, oid: &str, device: &str) -> Candidate {
         let p = PolicySettings {
             users: [oid.to_string()].into_iter().collect(),
             limits,

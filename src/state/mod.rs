@@ -4,6 +4,11 @@
 
 pub mod memory;
 pub mod redis;
+#[doc(hidden)]
+pub mod test_support;
+
+#[cfg(test)]
+mod conformance;
 
 use crate::policy::limiter::{StoreError, StoreFuture, WindowSpec, WindowStore, WindowVerdict};
 use prometheus::{HistogramVec, IntCounterVec};
