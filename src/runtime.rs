@@ -632,6 +632,15 @@ mod tests {
                 (|s| s.admin_listen = Some("127.0.0.1:1".into())),
             ),
             ("admin.enabled", (|s| s.admin_listen = None)),
+            (
+                "state",
+                (|s| {
+                    s.state = Some(crate::state::conformance_config(
+                        "redis://127.0.0.1:6379/0",
+                        "passgate",
+                    ))
+                }),
+            ),
             ("server.plaintext", (|s| s.server.plaintext = false)),
             (
                 "server.tls",

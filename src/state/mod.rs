@@ -9,6 +9,8 @@ pub mod test_support;
 
 #[cfg(test)]
 mod conformance;
+#[cfg(test)]
+pub(crate) use conformance::redis_config as conformance_config;
 
 use crate::policy::limiter::{StoreError, StoreFuture, WindowSpec, WindowStore, WindowVerdict};
 use prometheus::{HistogramVec, IntCounterVec};
