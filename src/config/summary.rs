@@ -246,7 +246,8 @@ fn write_state(o: &mut String, s: &Settings) -> std::fmt::Result {
                     // redis:// is not a "special" scheme: an IPv4 host stays a domain string.
                     Some(url::Host::Domain(d)) => {
                         d.eq_ignore_ascii_case("localhost")
-                            || d.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+                            || d.parse::<std::net::IpAddr>()
+                                .is_ok_and(|ip| ip.is_loopback())
                     }
                     Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
                     Some(url::Host::Ipv6(ip)) => ip.is_loopback(),

@@ -287,3 +287,97 @@ async fn redis_keys_share_one_hash_tag_and_expire() {
         assert_eq!(members, ["r1"], "{k}: the member is the request id");
     }
 }
+
+/// Slower than `timeout_ms` is an error of kind `timeout`, answered within about the timeout;
+/// the store answers again once Redis does. A flushed script cache is reloaded (NOSCRIPT).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_times_out_and_a_flushed_script_is_reloaded() {
+    use crate::policy::limiter::StoreErrorKind;
+    if !test_support::available() {
+        return;
+    }
+    let server = RedisServer::start(RedisOptions::default());
+    let cfg = RedisConfig {
+        timeout_ms: 300,
+        ..redis_config(&server.url(), "slow")
+    };
+    let limiter = RateLimiter::new(Arc::new(RedisStore::build(&cfg).expect("builds")));
+    let limits = vec![l(LimitScope::PerOperator, 100, 60_000)];
+    let c = || candidate("p", limits.clone(), OID, DEV);
+    limiter.admit(c(), "a").await.expect("admitted");
+    server.freeze(true);
+    let t = std::time::Instant::now();
+    let refused = limiter
+        .admit(c(), "b")
+        .await
+        .expect_err("refused while frozen");
+    let took = t.elapsed();
+    server.freeze(false);
+    assert_eq!(refused.denial.reason, Reason::LimitsUnavailable);
+    assert_eq!(
+        refused.store_error.as_ref().map(|e| e.kind),
+        Some(StoreErrorKind::Timeout)
+    );
+    assert!(
+        took < Duration::from_millis(1500),
+        "answered after {took:?}"
+    );
+    // Thawed: service resumes (bounded retries; the first call may still see the old connection).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut n = 0;
+    loop {
+        n += 1;
+        match limiter.admit(c(), &format!("c{n}")).await {
+            Ok(p) => {
+                assert!(p.rate().is_some());
+                break;
+            }
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "never recovered: {:?}",
+                e.store_error
+            ),
+        }
+    }
+    // The script cache emptied behind our back: EVALSHA fails with NOSCRIPT, the script is sent again.
+    let client = ::redis::Client::open(server.url()).expect("client");
+    let mut con = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    let _: () = ::redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut con)
+        .await
+        .expect("flushed");
+    limiter
+        .admit(c(), "after-flush")
+        .await
+        .expect("admitted after SCRIPT FLUSH");
+}
+
+/// `min_replicas_ack` with no replica to acknowledge: the admission is refused (kind
+/// `replication`), never silently accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_replicas_ack_without_replicas_fails_closed() {
+    use crate::policy::limiter::StoreErrorKind;
+    if !test_support::available() {
+        return;
+    }
+    let server = RedisServer::start(RedisOptions::default());
+    let cfg = RedisConfig {
+        timeout_ms: 200,
+        min_replicas_ack: 1,
+        ..redis_config(&server.url(), "ack")
+    };
+    let limiter = RateLimiter::new(Arc::new(RedisStore::build(&cfg).expect("builds")));
+    let c = candidate("p", vec![l(LimitScope::Global, 5, 60_000)], OID, DEV);
+    let refused = limiter
+        .admit(c, "r")
+        .await
+        .expect_err("no replica acknowledged");
+    assert_eq!(refused.denial.reason, Reason::LimitsUnavailable);
+    let e = refused.store_error.expect("store error");
+    assert_eq!(e.kind, StoreErrorKind::Replication, "{e}");
+    assert!(e.message.contains("0 of the 1 replicas"), "{e}");
+}

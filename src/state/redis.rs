@@ -343,7 +343,9 @@ impl RedisStore {
             ),
         })?;
         if self.min_replicas_ack > 0 && matches!(verdict, WindowVerdict::Admitted(_)) {
-            let wait_ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
+            // The server gives up waiting at half the bound, so its answer (how many replicas
+            // acknowledged) arrives before our own timeout does.
+            let wait_ms = (u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX) / 2).max(1);
             let n = self.min_replicas_ack;
             let acked: i64 = self
                 .with_conn(|mut c| async move {
