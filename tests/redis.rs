@@ -73,14 +73,13 @@ impl Gw {
                 1,
             );
         std::fs::write(&config, format!("{yaml}\n{}", o.state)).unwrap();
-        let mut cmd = match o.faketime {
-            Some(offset) => {
-                let mut c = Command::new("faketime");
-                c.args(["-f", offset, BIN]);
-                c
-            }
-            None => Command::new(BIN),
-        };
+        let mut cmd = Command::new(BIN);
+        if let Some(offset) = o.faketime {
+            // libfaketime preloaded into passgate itself (not the `faketime` wrapper, which forks:
+            // killing the wrapper would orphan the gateway).
+            cmd.env("LD_PRELOAD", libfaketime().expect("libfaketime"))
+                .env("FAKETIME", offset);
+        }
         cmd.args(["serve", "--config"])
             .arg(&config)
             .env(SECRET_ENV, sandbox.client_secret())
@@ -532,11 +531,20 @@ async fn rediss_with_a_test_ca_works_and_an_untrusted_certificate_is_a_clear_err
     assert!(!log.contains(REDIS_PASSWORD), "{log}");
 }
 
+/// The libfaketime shared object of Debian's `faketime` package.
+fn libfaketime() -> Option<std::path::PathBuf> {
+    let lib = std::fs::read_dir("/usr/lib").ok()?.find_map(|e| {
+        let p = e.ok()?.path().join("faketime/libfaketime.so.1");
+        p.exists().then_some(p)
+    });
+    lib.or_else(|| {
+        let p = std::path::PathBuf::from("/usr/lib/faketime/libfaketime.so.1");
+        p.exists().then_some(p)
+    })
+}
+
 fn faketime_available() -> bool {
-    let ok = Command::new("faketime")
-        .args(["-f", "+1h", "true"])
-        .status()
-        .is_ok_and(|s| s.success());
+    let ok = libfaketime().is_some();
     if !ok {
         assert!(
             std::env::var("PASSGATE_REQUIRE_TOOLS").is_err(),
@@ -547,7 +555,7 @@ fn faketime_available() -> bool {
     ok
 }
 
-/// A gateway whose clock runs an hour ahead (libfaketime on the whole process: wall clock and
+/// A gateway whose clock runs an hour ahead (libfaketime preloaded: wall clock and
 /// monotonic clock) shares windows with a correct one: Redis's clock decides, so neither can
 /// admit more than the limit, and Retry-After is the same from both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
