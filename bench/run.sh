@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # bench/run.sh — one-command, loopback-only benchmark of passgate against the direct path and
-# nginx as a plain reverse proxy, all in front of the same static fake Entra + Graph (nginx).
+# nginx as a plain reverse proxy, all in front of the same static fake Entra + Graph (nginx);
+# plus passgate with its limits shared on a local redis-server (state.redis), the cost of sharing.
 # Never starts system services; everything runs from a temp dir and is stopped on exit.
 #
 # Environment (all optional):
@@ -37,9 +38,10 @@ need_pkgs=()
 command -v nginx >/dev/null 2>&1 || need_pkgs+=(nginx-light)
 command -v wrk >/dev/null 2>&1 || need_pkgs+=(wrk)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
+command -v redis-server >/dev/null 2>&1 || need_pkgs+=(redis-server)
 if ((${#need_pkgs[@]})); then
   log "installing ${need_pkgs[*]} (apt)"
-  # policy-rc.d 101 keeps the package's post-install from starting a system nginx.
+  # policy-rc.d 101 keeps the package's post-install from starting a system nginx or redis.
   printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
@@ -84,7 +86,7 @@ for _ in range(int(sys.argv[1])):
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 }
-read -r GRAPH_PORT PROXY_PORT PG_PORT ADMIN_PORT PG2_PORT ADMIN2_PORT <<<"$(free_ports 6)"
+read -r GRAPH_PORT PROXY_PORT PG_PORT ADMIN_PORT PG2_PORT ADMIN2_PORT REDIS_PORT PG3_PORT ADMIN3_PORT <<<"$(free_ports 9)"
 GRAPH=http://127.0.0.1:$GRAPH_PORT
 
 # ---------------------------------------------------------------- fake Entra + Graph (static nginx)
@@ -181,7 +183,11 @@ wait_http "$GRAPH$ACTION_PATH" 204 -X POST
 wait_http "http://127.0.0.1:$PROXY_PORT$ACTION_PATH" 204 -X POST
 
 # ---------------------------------------------------------------- passgate
-write_config() { # port admin_port audit_file out
+write_config() { # port admin_port audit_file out [redis_port]
+  local state=""
+  if [[ -n ${5:-} ]]; then
+    state=$'state:\n  redis:\n    url: "redis://127.0.0.1:'"$5"$'/0"\n    timeout_ms: 1000'
+  fi
   cat >"$4" <<EOF
 server:
   listen: "127.0.0.1:$1"
@@ -215,13 +221,14 @@ policies:
       per_operator: "10000000 per 1s"
       per_device: "10000000 per 1s"
       global: "10000000 per 1s"
+$state
 EOF
 }
 
 export PASSGATE_BENCH_CLIENT_SECRET=bench-not-a-secret
 export PASSGATE_LOG=passgate=warn
-start_passgate() { # port admin_port audit_file name -> sets PG_PID
-  write_config "$1" "$2" "$3" "$T/$4.yaml"
+start_passgate() { # port admin_port audit_file name [redis_port] -> sets PG_PID
+  write_config "$1" "$2" "$3" "$T/$4.yaml" "${5:-}"
   "$PASSGATE" check --config "$T/$4.yaml" >"$T/$4.check" 2>&1 || die "passgate check: $(cat "$T/$4.check")"
   "$PASSGATE" serve --config "$T/$4.yaml" >"$T/$4.log" 2>&1 &
   PG_PID=$!
@@ -232,6 +239,17 @@ AUDIT1=$T/audit-main.jsonl
 AUDIT2=$T/audit-c1000.jsonl
 start_passgate "$PG_PORT" "$ADMIN_PORT" "$AUDIT1" pg-main
 PG_MAIN_PID=$PG_PID
+
+# The shared-state variant: a local redis-server (no persistence, loopback, temp dir), never a
+# system service; stopped with everything else on exit.
+mkdir -p "$T/redis"
+redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no --dir "$T/redis" \
+  --daemonize no --logfile "$T/redis/redis.log" &
+REDIS_PID=$!
+PIDS+=("$REDIS_PID")
+AUDIT3=$T/audit-redis.jsonl
+start_passgate "$PG3_PORT" "$ADMIN3_PORT" "$AUDIT3" pg-redis "$REDIS_PORT"
+PG_REDIS_PID=$PG_PID
 
 # ---------------------------------------------------------------- measurement helpers
 pids_of() { # a pid plus its children (nginx master + workers)
@@ -258,6 +276,7 @@ hwm_kb() { # sum of VmHWM over the given pids
 }
 TCK=$(getconf CLK_TCK)
 
+REDIS_CPU=()
 RESULTS=$T/results.tsv
 : >"$RESULTS"
 # run NAME PROXY_PID URL CONNS DURATION [DELAY_MS]; appends a row to RESULTS
@@ -295,6 +314,10 @@ for c in $CONNS; do
   run direct "$GRAPH_PID" "$GRAPH$ACTION_PATH" "$c" "$DUR"
   run nginx "$PROXY_PID" "http://127.0.0.1:$PROXY_PORT$ACTION_PATH" "$c" "$DUR"
   run passgate "$PG_MAIN_PID" "http://127.0.0.1:$PG_PORT$ACTION_PATH" "$c" "$DUR"
+  # CPU and RSS columns are passgate's only; redis-server's CPU is printed below.
+  redis_t0=$(cpu_ticks "$REDIS_PID")
+  run passgate+redis "$PG_REDIS_PID" "http://127.0.0.1:$PG3_PORT$ACTION_PATH" "$c" "$DUR"
+  REDIS_CPU+=("c=$c: $(($(cpu_ticks "$REDIS_PID") - redis_t0)) ticks")
 done
 
 # Paced run at ~half of passgate's best closed-loop throughput, for the direct path and for
@@ -328,6 +351,13 @@ metric_sum() { # admin_port decision -> sum of passgate_requests_total for that 
 }
 allow1=$(metric_sum "$ADMIN_PORT" allow)
 deny1=$(metric_sum "$ADMIN_PORT" deny)
+allow3=$(metric_sum "$ADMIN3_PORT" allow)
+deny3=$(metric_sum "$ADMIN3_PORT" deny)
+# The smallest histogram bucket holding 99% of the admit round trips to Redis.
+state_p99=$(curl -s "http://127.0.0.1:$ADMIN3_PORT/metrics" | awk '
+  /^passgate_state_duration_seconds_bucket\{/ && /op="admit"/ { split($0, a, "le=\""); split(a[2], b, "\""); n[b[1]] += $NF }
+  /^passgate_state_duration_seconds_count\{/ && /op="admit"/ { total += $NF }
+  END { for (le in n) if (total > 0 && n[le] >= 0.99 * total && (best == "" || le + 0 < best + 0)) best = le; printf "%s", best }')
 
 # 1,000 open connections against a fresh passgate: peak RSS from a clean start.
 start_passgate "$PG2_PORT" "$ADMIN2_PORT" "$AUDIT2" pg-c1000
@@ -337,8 +367,8 @@ allow2=$(metric_sum "$ADMIN2_PORT" allow)
 deny2=$(metric_sum "$ADMIN2_PORT" deny)
 
 # Stop passgate gracefully (SIGTERM drains and closes the audit log), then verify both files.
-for p in "$PG_MAIN_PID" "$PG_C1000_PID"; do kill -TERM "$p" 2>/dev/null || true; done
-for p in "$PG_MAIN_PID" "$PG_C1000_PID"; do wait "$p" 2>/dev/null || true; done
+for p in "$PG_MAIN_PID" "$PG_C1000_PID" "$PG_REDIS_PID"; do kill -TERM "$p" 2>/dev/null || true; done
+for p in "$PG_MAIN_PID" "$PG_C1000_PID" "$PG_REDIS_PID"; do wait "$p" 2>/dev/null || true; done
 
 # ---------------------------------------------------------------- report
 echo
@@ -373,6 +403,7 @@ awk -F'\t' -v tck="$TCK" '
     }
   }' "$RESULTS"
 echo "(CPU = utime+stime of the proxy process(es) only: passgate's one process, or nginx master+workers; peak RSS = VmHWM, summed for nginx)"
+echo "passgate+redis: limits in a local redis-server (one Lua script per request); redis-server CPU $(IFS=';'; echo "${REDIS_CPU[*]}") (${TCK}/s); admit round trip p99 <= ${state_p99:-?} s (histogram bucket)"
 
 echo
 ok=1
@@ -417,4 +448,5 @@ if [[ -s $T/perf.txt ]]; then
 fi
 check_audit "$AUDIT1" "$allow1" "$deny1"
 check_audit "$AUDIT2" "$allow2" "$deny2"
+check_audit "$AUDIT3" "$allow3" "$deny3"
 ((ok)) || exit 1

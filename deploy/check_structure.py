@@ -46,9 +46,11 @@ CONTRACT = {
     "passgate_config_last_reload_success_timestamp_seconds": set(),
     "passgate_build_info": {"version"},
     "passgate_in_flight_requests": set(),
+    "passgate_state_duration_seconds": {"backend", "op"},
+    "passgate_state_errors_total": {"backend", "kind"},
 }
 HISTOGRAMS = {"passgate_request_duration_seconds", "passgate_stage_duration_seconds",
-              "passgate_audit_fsync_duration_seconds"}
+              "passgate_audit_fsync_duration_seconds", "passgate_state_duration_seconds"}
 METRIC_RE = re.compile(r"\bpassgate_[a-z_]+\b")
 # Label matchers directly following a metric name: name{a="x", b=~"y"}.
 SELECTOR_RE = re.compile(r"\b(passgate_[a-z_]+)\{([^}]*)\}")

@@ -1,6 +1,7 @@
 //! The admin listener: `/metrics` (Prometheus text format), `/healthz` (the process is alive)
-//! and `/readyz` (ready to serve: keys fetched, app token obtainable, audit writable; it also
-//! names config keys that changed but wait for a restart). It is a separate port, loopback by
+//! and `/readyz` (ready to serve: keys fetched, app token obtainable, audit writable, rate-limit
+//! state answering; it also names config keys that changed but wait for a restart). It is a
+//! separate port, loopback by
 //! default, served by the same accept loop, connection limit and timeouts as the gateway
 //! ([`crate::server::serve`]), and never serves the privileged action.
 
@@ -60,6 +61,20 @@ pub async fn readiness(gw: &Gateway) -> Vec<Check> {
             "audit log writable".into()
         } else {
             "audit log is failing writes (requests fail closed)".into()
+        },
+    });
+    let store = gw.limiter.store();
+    let state = store.ping().await;
+    checks.push(Check {
+        name: "state",
+        ok: state.is_ok(),
+        detail: match state {
+            Ok(()) => format!("rate-limit state ({}) answering", store.backend()),
+            // Store errors name the server and the cause, never a credential.
+            Err(e) => format!(
+                "rate-limit state ({}) unavailable, requests fail closed: {e}",
+                store.backend()
+            ),
         },
     });
     checks

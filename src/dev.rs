@@ -123,7 +123,7 @@ pub async fn start(opts: DevOptions) -> Result<DevEnv, DevError> {
         }
     };
     bind_to_sandbox(&mut settings, &sandbox, &audit_log);
-    let shared = Shared::open(&settings)?;
+    let shared = Shared::open(&settings).await?;
     let live = Live::new(runtime::build_gateway(&settings, &shared).await?);
     let serve_opts = server::ServeOptions::from_settings(&settings).map_err(StartError::from)?;
     let listener = server::bind(&opts.listen).await.map_err(StartError::from)?;

@@ -45,6 +45,8 @@ pub enum Reason {
     PlatformNotAllowed,
     DeviceFactsUnavailable,
     RateLimited,
+    /// The rate-limit state backend (Redis) could not be asked: fail closed.
+    LimitsUnavailable,
     // --- local and upstream failures (fail closed) ---
     AuditUnavailable,
     AppTokenUnavailable,
@@ -86,6 +88,7 @@ impl Reason {
             Reason::PlatformNotAllowed => "platform_not_allowed",
             Reason::DeviceFactsUnavailable => "device_facts_unavailable",
             Reason::RateLimited => "rate_limited",
+            Reason::LimitsUnavailable => "limits_unavailable",
             Reason::AuditUnavailable => "audit_unavailable",
             Reason::AppTokenUnavailable => "app_token_unavailable",
             Reason::UpstreamUnreachable => "upstream_unreachable",
@@ -127,6 +130,7 @@ impl Reason {
             Reason::KeysUnavailable
             | Reason::DeviceFactsUnavailable
             | Reason::AuditUnavailable
+            | Reason::LimitsUnavailable
             | Reason::AppTokenUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Reason::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,

@@ -22,5 +22,6 @@ pub mod dev;
 pub mod pipeline;
 pub mod sandbox;
 pub mod server;
+pub mod state;
 pub mod telemetry;
 pub mod text;

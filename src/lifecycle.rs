@@ -5,7 +5,9 @@
 //! routes::parse ─▶ Action
 //! Authenticator::authenticate ─▶ Operator
 //! PolicySet::decide(screen, action, operator, facts) ─▶ Candidate {action, operator, device, policy}
-//! RateLimiter::admit(Candidate) ─▶ Permit {candidate, rate}
+//! RateLimiter::admit(Candidate, request id).await ─▶ Permit {candidate, rate}
+//!     (a WindowStore — memory or Redis — checks and consumes the windows; only the limiter
+//!      turns its answer into a Permit, and a store that cannot answer is a refusal)
 //!     (an approval step slots in here: it consumes a Permit and hands one on)
 //! AuditLog::commit_allow(&Inbound, Permit) ─▶ Authorized {permit, seq, hash}
 //! Forwarder::forward(Authorized) ─▶ Graph's answer

@@ -189,7 +189,7 @@ async fn serve(path: &std::path::Path) -> ExitCode {
     // Registered before anything else so an early SIGTERM/SIGHUP is never the default action.
     let mut signals = Signals::new();
     let run = async {
-        let shared = Shared::open(&settings)?;
+        let shared = Shared::open(&settings).await?;
         let live = Live::new(runtime::build_gateway(&settings, &shared).await?);
         let opts = server::ServeOptions::from_settings(&settings)?;
         let tls = opts.tls.is_some();

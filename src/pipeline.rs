@@ -253,7 +253,7 @@ impl Gateway {
             .timed(Stage::Decide, async { self.decide(assessed) })
             .await?;
         let permit = self
-            .timed(Stage::RateLimit, async { self.admit(candidate) })
+            .timed(Stage::RateLimit, self.admit(inbound, candidate))
             .await?;
         // An approval step would go here: it consumes the Permit and hands one on.
         let authorized = self
@@ -358,11 +358,16 @@ impl Gateway {
     }
 
     /// admit: every rate limit of the admitting policy, checked and consumed atomically.
-    fn admit(&self, candidate: Candidate) -> Result<Permit, Box<Refusal>> {
+    /// A store that cannot answer refuses with `limits_unavailable` (fail closed).
+    async fn admit(&self, inbound: &Inbound, candidate: Candidate) -> Result<Permit, Box<Refusal>> {
         self.limiter
-            .admit(candidate, Instant::now())
+            .admit(candidate, &inbound.request_id)
+            .await
             .map_err(|refused| {
                 let refused = *refused;
+                if let Some(e) = &refused.store_error {
+                    tracing::error!(request_id = %inbound.request_id, error = %e, "rate-limit state unavailable; refusing (fail closed)");
+                }
                 if let Some(rate) = &refused.denial.rate {
                     self.metrics
                         .rate_limited

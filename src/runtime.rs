@@ -14,8 +14,10 @@ use crate::graph::token::{AppCredential, AppTokenProvider};
 use crate::lifecycle::ConnInfo;
 use crate::outbound;
 use crate::pipeline::Gateway;
+use crate::policy::limiter::{StoreErrorKind, WindowStore};
 use crate::policy::{PolicySet, RateLimiter};
 use crate::server::{self, ListenError, ServeOptions, TlsError, TlsFiles};
+use crate::state::{memory::MemoryStore, redis::RedisStore, Instrumented};
 use crate::telemetry::{CounterFeed, Metrics};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -54,6 +56,8 @@ pub enum StartError {
     Listen(#[from] ListenError),
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    State(#[from] crate::state::redis::RedisStartError),
 }
 
 /// A key a reload cannot apply to the running process.
@@ -111,6 +115,11 @@ pub const RESTART_ONLY: &[RestartOnly] = &[
         key: "audit.rotate_max_age_seconds",
         differs: |a, b| a.audit.rotate_max_age_seconds != b.audit.rotate_max_age_seconds,
     },
+    // The state backend is built once: the limits' memory must not be swapped mid-flight.
+    RestartOnly {
+        key: "state",
+        differs: |a, b| a.state != b.state,
+    },
 ];
 
 /// The restart-only keys on which `file` differs from the process started with `running`.
@@ -136,8 +145,10 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Opens the audit log named by the settings and creates fresh limiter and metrics.
-    pub fn open(settings: &Settings) -> Result<Shared, StartError> {
+    /// Opens the audit log named by the settings, creates the metrics and the limiter over the
+    /// configured state backend (checking that Redis answers: a wrong password or TLS failure is
+    /// a start-up error; Redis merely unreachable is logged and refused per request until back).
+    pub async fn open(settings: &Settings) -> Result<Shared, StartError> {
         // The error names the env var or file of the HMAC key, never the key.
         let opts = crate::audit::AuditOptions::from_config(&settings.audit)?;
         let audit =
@@ -150,8 +161,28 @@ impl Shared {
         let metrics = Metrics::new();
         let fsync = metrics.audit_fsync.clone();
         audit.set_fsync_observer(Arc::new(move |d: Duration| fsync.observe(d.as_secs_f64())));
+        let store: Arc<dyn WindowStore> = match &settings.state {
+            None => Arc::new(MemoryStore::new()),
+            Some(redis) => {
+                let (store, down) = RedisStore::connect(redis).await?;
+                if let Some(e) = down {
+                    tracing::error!(error = %e, "Redis (state.redis) is not answering; requests get 503 limits_unavailable until it does");
+                }
+                Arc::new(store)
+            }
+        };
+        for kind in StoreErrorKind::ALL {
+            metrics
+                .state_errors
+                .with_label_values(&[store.backend(), kind.as_str()]);
+        }
+        let store = Arc::new(Instrumented::new(
+            store,
+            metrics.state_latency.clone(),
+            metrics.state_errors.clone(),
+        ));
         Ok(Shared {
-            limiter: Arc::new(RateLimiter::new()),
+            limiter: Arc::new(RateLimiter::new(store)),
             metrics,
             audit,
             keys: Arc::default(),
@@ -601,6 +632,15 @@ mod tests {
                 (|s| s.admin_listen = Some("127.0.0.1:1".into())),
             ),
             ("admin.enabled", (|s| s.admin_listen = None)),
+            (
+                "state",
+                (|s| {
+                    s.state = Some(crate::state::conformance_config(
+                        "redis://127.0.0.1:6379/0",
+                        "passgate",
+                    ))
+                }),
+            ),
             ("server.plaintext", (|s| s.server.plaintext = false)),
             (
                 "server.tls",

@@ -44,6 +44,10 @@ pub struct Metrics {
     pub config_restart_required: IntGauge,
     pub in_flight: IntGauge,
     pub build_info: IntGaugeVec,
+    /// Round trips to the rate-limit state backend, by backend and operation (admit, ping).
+    pub state_latency: HistogramVec,
+    /// Failed state-backend calls (the request failed closed), by backend and kind.
+    pub state_errors: IntCounterVec,
 }
 
 /// A pipeline stage, for `passgate_stage_duration_seconds{stage}`.
@@ -227,6 +231,19 @@ impl Metrics {
         for class in ["2xx", "3xx", "4xx", "429", "5xx", "error"] {
             upstream_responses.with_label_values(&[class]);
         }
+        let state_latency = histogram(
+            &r,
+            "passgate_state_duration_seconds",
+            "Round trips to the rate-limit state backend (memory or redis), by operation: admit (the check-and-consume script) or ping (readiness).",
+            &["backend", "op"],
+            LATENCY_BUCKETS,
+        );
+        let state_errors = counter(
+            &r,
+            "passgate_state_errors_total",
+            "State-backend calls that failed (an admit failing is a 503 limits_unavailable), by backend and kind: timeout, connection, auth, tls, script, replication, other.",
+            &["backend", "kind"],
+        );
         config_last_reload_success.set(chrono::Utc::now().timestamp() as f64);
         config_reloads.with_label_values(&["success"]).inc();
         Metrics {
@@ -247,6 +264,8 @@ impl Metrics {
             config_restart_required,
             in_flight,
             build_info,
+            state_latency,
+            state_errors,
         }
     }
 

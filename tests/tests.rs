@@ -30,5 +30,6 @@ mod load;
 mod metrics;
 mod prometheus;
 mod protocol;
+mod redis;
 mod secrets;
 mod tls;

@@ -246,6 +246,10 @@ impl Validator<'_> {
         self.audit_rotation(&raw.audit)?;
 
         let policies = self.policies(&raw.policies)?;
+        let state = match &raw.state {
+            Some(st) => Some(self.redis(&root.key("state").key("redis"), &st.redis)?),
+            None => None,
+        };
 
         let admin_listen = if raw.admin.enabled {
             let a = raw.admin.listen.trim().to_string();
@@ -274,6 +278,7 @@ impl Validator<'_> {
             graph: raw.graph.clone(),
             audit: raw.audit.clone(),
             policies,
+            state,
             raw,
         })
     }
@@ -808,6 +813,152 @@ impl Validator<'_> {
             tls_reload_interval: reload,
             trusted_proxies,
         })
+    }
+
+    /// `state.redis`: a `redis://`/`rediss://` URL without credentials (or Sentinel nodes), a
+    /// sane timeout and key prefix.
+    fn redis(
+        &self,
+        path: &KeyPath,
+        r: &super::schema::RedisConfig,
+    ) -> R<super::schema::RedisConfig> {
+        let mut out = r.clone();
+        match (&r.url, &r.sentinel) {
+            (Some(_), Some(_)) => {
+                return Err(self.err(
+                    &path.key("sentinel"),
+                    false,
+                    "both `url` and `sentinel` are set".into(),
+                    "with Sentinel the primary is discovered: remove `url` (the nodes' scheme, redis:// or rediss://, also applies to the primary)",
+                ))
+            }
+            (None, None) => {
+                return Err(self.err(
+                    path,
+                    false,
+                    "no server: set `url` or `sentinel`".into(),
+                    "e.g. `url: \"rediss://redis.internal:6380/0\"`",
+                ))
+            }
+            (Some(u), None) => {
+                out.url = Some(self.redis_url(&path.key("url"), u)?);
+            }
+            (None, Some(s)) => {
+                let sp = path.key("sentinel");
+                self.non_empty(&sp.key("master_name"), &s.master_name, "the master name the Sentinels monitor, e.g. `passgate`")?;
+                if s.nodes.is_empty() {
+                    return Err(self.err(
+                        &sp.key("nodes"),
+                        false,
+                        "no Sentinel nodes".into(),
+                        "list at least one, better three: `nodes: [\"redis://10.0.0.5:26379\"]`",
+                    ));
+                }
+                let mut nodes = Vec::new();
+                let mut schemes = std::collections::BTreeSet::new();
+                for (i, n) in s.nodes.iter().enumerate() {
+                    let u = self.redis_url(&sp.key("nodes").index(i), n)?;
+                    schemes.insert(u.split(':').next().unwrap_or("").to_string());
+                    nodes.push(u);
+                }
+                if schemes.len() > 1 {
+                    return Err(self.err(
+                        &sp.key("nodes"),
+                        false,
+                        "mixes redis:// and rediss:// nodes".into(),
+                        "use one scheme for every node",
+                    ));
+                }
+                out.sentinel = Some(super::schema::SentinelConfig {
+                    master_name: s.master_name.trim().to_string(),
+                    nodes,
+                });
+            }
+        }
+        if let Some(u) = &r.username {
+            self.non_empty(
+                &path.key("username"),
+                u,
+                "the ACL user name, or remove the key for the `default` user",
+            )?;
+        }
+        if let Some(ca) = &r.ca_file {
+            self.non_empty(&path.key("ca_file"), ca, "a PEM CA bundle path")?;
+        }
+        let prefix = r.key_prefix.trim();
+        if prefix.is_empty() || prefix.contains(['{', '}', ' ']) {
+            return Err(self.err(
+                &path.key("key_prefix"),
+                true,
+                "must be non-empty, without spaces or braces".into(),
+                "e.g. `passgate` or `passgate-prod` (braces are reserved for the cluster hash tag)",
+            ));
+        }
+        out.key_prefix = prefix.to_string();
+        if r.timeout_ms == 0 || r.timeout_ms > 10_000 {
+            return Err(self.err(
+                &path.key("timeout_ms"),
+                true,
+                "must be between 1 and 10000".into(),
+                "every admission waits at most this long for Redis; the default is 200",
+            ));
+        }
+        if r.min_replicas_ack > 16 {
+            return Err(self.err(
+                &path.key("min_replicas_ack"),
+                true,
+                "must be at most 16".into(),
+                "the number of replicas that must acknowledge each admission; 0 (default) does not wait",
+            ));
+        }
+        Ok(out)
+    }
+
+    fn redis_url(&self, path: &KeyPath, s: &str) -> R<String> {
+        let t = s.trim();
+        let u = url::Url::parse(t).map_err(|e| {
+            self.err(
+                path,
+                true,
+                format!("`{t}` is not a URL: {e}"),
+                "write e.g. redis://127.0.0.1:6379/0 or rediss://redis.internal:6380/0",
+            )
+        })?;
+        if !u.username().is_empty() || u.password().is_some() {
+            // Do not echo it: the user-info part may be a credential.
+            return Err(self.err(
+                path,
+                true,
+                "the URL must not carry a user name or password (value not shown)".into(),
+                "remove `user:password@`; use `username:` and `password: env:NAME`",
+            ));
+        }
+        if !matches!(u.scheme(), "redis" | "rediss") || u.host().is_none() {
+            return Err(self.err(
+                path,
+                true,
+                format!("`{t}` is not a redis:// or rediss:// URL with a host"),
+                "write e.g. redis://127.0.0.1:6379/0 (unix sockets are not supported)",
+            ));
+        }
+        if u.query().is_some() || u.fragment().is_some() {
+            return Err(self.err(
+                path,
+                true,
+                format!("`{t}` has a query or fragment"),
+                "write the URL without `?…` or `#…`",
+            ));
+        }
+        let db = u.path().trim_start_matches('/');
+        if !db.is_empty() && db.parse::<u32>().is_err() {
+            return Err(self.err(
+                path,
+                true,
+                format!("`{t}`: the path must be a database number"),
+                "e.g. redis://host:6379/0",
+            ));
+        }
+        Ok(t.to_string())
     }
 
     fn non_empty(&self, path: &KeyPath, s: &str, what: &str) -> R<()> {

@@ -823,3 +823,90 @@ fn summary_warns_about_plaintext_off_loopback() {
         "{out}"
     );
 }
+
+fn with_state(block: &str) -> String {
+    format!("{BASE}state:\n  redis:\n{block}")
+}
+
+#[test]
+fn state_redis_loads_with_defaults_and_check_warns_on_plain_remote_redis() {
+    let s = ok(&with_state(
+        "    url: \"redis://10.0.0.7:6379/0\"\n    username: passgate\n    password: env:PASSGATE_REDIS_PASSWORD\n",
+    ));
+    let r = s.state.clone().expect("state");
+    assert_eq!(
+        (r.key_prefix.as_str(), r.timeout_ms, r.min_replicas_ack),
+        ("passgate", 200, 0)
+    );
+    assert_eq!(
+        r.password,
+        Some(SecretRef::Env("PASSGATE_REDIS_PASSWORD".into()))
+    );
+    let text = crate::config::summary(&s);
+    assert!(text.contains("WARNING       plain redis://"), "{text}");
+    assert!(text.contains("env:PASSGATE_REDIS_PASSWORD"), "{text}");
+    // Loopback plain and rediss:// anywhere: no warning.
+    for url in ["redis://127.0.0.1:6379/0", "rediss://redis.internal:6380/0"] {
+        let s = ok(&with_state(&format!("    url: \"{url}\"\n")));
+        assert!(!crate::config::summary(&s).contains("WARNING       plain redis"));
+    }
+    // No state: memory, said so.
+    assert!(crate::config::summary(&ok(BASE)).contains("state         in this process"));
+}
+
+#[test]
+fn state_redis_is_validated_where_it_is_written() {
+    let base_lines = BASE.lines().count();
+    let e = err(&with_state("    url: \"redis://:hunter2@10.0.0.7:6379\"\n"));
+    check(&e, "state.redis.url", Some((base_lines + 3, 10)));
+    assert!(!format!("{e}").contains("hunter2"), "{e}");
+    check(
+        &err(&with_state("    url: \"http://10.0.0.7\"\n")),
+        "not a redis:// or rediss:// URL",
+        None,
+    );
+    check(&err(&with_state("    username: x\n")), "no server", None);
+    check(
+        &err(&with_state("    url: \"redis://a:1\"\n    sentinel:\n      master_name: m\n      nodes: [\"redis://b:26379\"]\n")),
+        "both `url` and `sentinel`",
+        None,
+    );
+    check(
+        &err(&with_state(
+            "    sentinel:\n      master_name: m\n      nodes: []\n",
+        )),
+        "no Sentinel nodes",
+        None,
+    );
+    check(
+        &err(&with_state("    url: \"redis://a:1\"\n    timeout_ms: 0\n")),
+        "between 1 and 10000",
+        None,
+    );
+    check(
+        &err(&with_state(
+            "    url: \"redis://a:1\"\n    key_prefix: \"a{b}\"\n",
+        )),
+        "braces",
+        None,
+    );
+    // Inline passwords are refused like every other secret, without echoing them.
+    let e = err(&with_state(
+        "    url: \"redis://a:1\"\n    password: hunter2\n",
+    ));
+    assert!(!format!("{e}").contains("hunter2"), "{e}");
+    // Unknown keys are refused.
+    check(
+        &err(&with_state(
+            "    url: \"redis://a:1\"\n    pasword: env:X\n",
+        )),
+        "pasword",
+        None,
+    );
+    // Sentinel with one scheme loads.
+    let s = ok(&with_state("    sentinel:\n      master_name: passgate\n      nodes: [\"redis://10.0.0.5:26379\", \"redis://10.0.0.6:26379\"]\n"));
+    assert_eq!(
+        s.state.and_then(|r| r.sentinel).map(|s| s.nodes.len()),
+        Some(2)
+    );
+}

@@ -28,6 +28,9 @@ pub struct Config {
     #[serde(default)]
     pub graph: GraphConfig,
     pub audit: AuditConfig,
+    /// Where rate-limit state lives. Absent: in this process (lost on restart, not shared).
+    #[serde(default)]
+    pub state: Option<StateConfig>,
     /// Evaluated in order; the first policy that admits the request is the one recorded.
     pub policies: Vec<PolicyConfig>,
 }
@@ -441,4 +444,59 @@ pub struct LimitsConfig {
     /// e.g. `"100 per 1h"` across everyone under this policy.
     #[serde(default)]
     pub global: Option<String>,
+}
+
+/// Shared state for replicas. Only Redis for now; the block is required to name it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    pub redis: RedisConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port/db` or `rediss://` (TLS). Required unless `sentinel` is set. Must not
+    /// carry a user name or password: use `username` and `password`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// ACL user (Redis 6+). Absent: the `default` user.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Secret reference (`env:NAME` or `file:PATH`), never inline.
+    #[serde(default)]
+    pub password: Option<SecretRef>,
+    /// Extra PEM CA bundle trusted for `rediss://`, in addition to the webpki roots.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// Prefix of every key passgate writes. Default `passgate`.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// Upper bound on one round trip (script, PING, WAIT), milliseconds. Default 200.
+    #[serde(default = "default_redis_timeout")]
+    pub timeout_ms: u64,
+    /// After each admission, `WAIT` for this many replicas to acknowledge it; fewer in time is
+    /// `limits_unavailable`. Default 0 (asynchronous replication, no wait).
+    #[serde(default)]
+    pub min_replicas_ack: u32,
+    /// Find the primary through Redis Sentinel instead of `url`.
+    #[serde(default)]
+    pub sentinel: Option<SentinelConfig>,
+}
+
+fn default_key_prefix() -> String {
+    "passgate".into()
+}
+fn default_redis_timeout() -> u64 {
+    200
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelConfig {
+    /// The name the Sentinels monitor the primary under.
+    pub master_name: String,
+    /// Sentinel addresses as URLs, e.g. `redis://10.0.0.5:26379` (`rediss://` for TLS; the
+    /// primary is then reached with TLS too).
+    pub nodes: Vec<String>,
 }

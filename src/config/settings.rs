@@ -25,6 +25,8 @@ pub struct Settings {
     pub app: AppCredentialConfig,
     pub graph: GraphConfig,
     pub audit: AuditConfig,
+    /// Where rate-limit state lives; `None` is this process's memory.
+    pub state: Option<super::schema::RedisConfig>,
     /// In config order: the first policy that admits a request is the one recorded.
     pub policies: Vec<PolicySettings>,
 }

@@ -130,6 +130,7 @@ fn write_summary(o: &mut String, s: &Settings) -> std::fmt::Result {
         format!(" ({})", audit_extra.join(", "))
     };
     writeln!(o, "audit         {}{extra}", s.audit.path)?;
+    write_state(o, s)?;
     writeln!(o, "policies      {} (first match wins)", s.policies.len())?;
     for (i, p) in s.policies.iter().enumerate() {
         write_policy(o, i + 1, p)?;
@@ -198,4 +199,67 @@ fn limit(l: &Limit) -> String {
 /// The reference, never the value (an inline secret exists only in the sandbox).
 fn reference(r: &SecretRef) -> String {
     format!("{r:?}")
+}
+
+/// The `state:` line: where limits live, and a warning for plain `redis://` off loopback.
+fn write_state(o: &mut String, s: &Settings) -> std::fmt::Result {
+    let Some(r) = &s.state else {
+        return writeln!(
+            o,
+            "state         in this process (limits not shared between replicas, lost on restart)"
+        );
+    };
+    let mut extra = String::new();
+    if let Some(u) = &r.username {
+        extra.push_str(&format!(", user {u}"));
+    }
+    if let Some(p) = &r.password {
+        extra.push_str(&format!(", password {p:?}"));
+    }
+    if let Some(ca) = &r.ca_file {
+        extra.push_str(&format!(", CA {ca}"));
+    }
+    if r.min_replicas_ack > 0 {
+        extra.push_str(&format!(", WAIT for {} replica(s)", r.min_replicas_ack));
+    }
+    let (target, urls): (String, Vec<&str>) = match (&r.url, &r.sentinel) {
+        (Some(u), _) => (u.clone(), vec![u.as_str()]),
+        (None, Some(sn)) => (
+            format!(
+                "sentinel master {} via {}",
+                sn.master_name,
+                sn.nodes.join(", ")
+            ),
+            sn.nodes.iter().map(String::as_str).collect(),
+        ),
+        (None, None) => (String::new(), vec![]),
+    };
+    writeln!(
+        o,
+        "state         redis {target} (prefix {}, timeout {} ms{extra})",
+        r.key_prefix, r.timeout_ms
+    )?;
+    let plain_remote = urls.iter().any(|u| {
+        url::Url::parse(u).is_ok_and(|u| {
+            u.scheme() == "redis"
+                && !match u.host() {
+                    // redis:// is not a "special" scheme: an IPv4 host stays a domain string.
+                    Some(url::Host::Domain(d)) => {
+                        d.eq_ignore_ascii_case("localhost")
+                            || d.parse::<std::net::IpAddr>()
+                                .is_ok_and(|ip| ip.is_loopback())
+                    }
+                    Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                    Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                    None => false,
+                }
+        })
+    });
+    if plain_remote {
+        writeln!(
+            o,
+            "WARNING       plain redis:// to a non-loopback host: the Redis password and limit state cross the network unencrypted; use rediss://"
+        )?;
+    }
+    Ok(())
 }

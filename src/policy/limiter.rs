@@ -1,15 +1,17 @@
-//! Exact sliding-window rate limiting, in memory. "N per W" means at most N admissions in any
-//! window of length W. All of a candidate's limits are checked and consumed atomically; a refused
-//! request consumes nothing. Time is passed in: this module never reads the clock.
+//! Exact sliding-window rate limiting. "N per W" means at most N admissions in any window of
+//! length W. This module decides which windows a candidate must fit in and turns a store's answer
+//! into a [`Permit`] or a refusal; the check-and-consume itself is a [`WindowStore`]'s (in memory,
+//! or shared on Redis: `crate::state`). Nothing here touches the network or reads the clock.
 
 use super::decide::{Candidate, Denial};
-use super::{DeviceFacts, Limit, LimitScope, RateInfo};
+use super::{LimitScope, RateInfo};
 use crate::auth::Operator;
 use crate::error::Reason;
 use crate::routes::Action;
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Proof that policy AND limits admitted this action, for this operator, on this device, under
 /// this policy. Private fields and no public constructor: only [`RateLimiter::admit`] makes one,
@@ -28,7 +30,7 @@ impl Permit {
     pub fn operator(&self) -> &Operator {
         self.candidate.operator()
     }
-    pub fn device(&self) -> &DeviceFacts {
+    pub fn device(&self) -> &super::DeviceFacts {
         self.candidate.device()
     }
     pub fn policy(&self) -> &str {
@@ -44,209 +46,301 @@ impl Permit {
     }
 }
 
-/// A candidate the limits refused: nothing was consumed. The candidate comes back so the refusal
-/// can be recorded with everything that was established about the request.
+/// A candidate the limits refused (or could not be asked about): nothing was consumed. The
+/// candidate comes back so the refusal can be recorded with everything established about it.
 #[derive(Debug)]
 pub struct RateLimited {
     pub candidate: Candidate,
     pub denial: Denial,
+    /// Set when the refusal is `limits_unavailable`: why the store could not answer.
+    pub store_error: Option<StoreError>,
 }
 
-/// A limiter key. Keyed by policy *name*, so state survives a reload for policies that keep it.
+/// Whose admissions one window counts. Keyed by policy *name*, so state survives a reload for
+/// policies that keep their name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Key {
-    Operator { policy: String, oid: String },
-    Device { policy: String, device: String },
-    Global { policy: String },
+pub struct WindowKey {
+    pub policy: String,
+    pub scope: LimitScope,
+    /// The operator's object id or the managed device id (lower case); empty for `global`.
+    pub subject: String,
 }
 
-#[derive(Debug)]
-struct Window {
-    /// The window last used for this key, so a sweep can prune it without the config.
-    length: Duration,
-    /// Admission times, oldest first.
-    stamps: VecDeque<Instant>,
+/// One window a candidate must fit in: at most `limit` admissions in any `window`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowSpec {
+    pub key: WindowKey,
+    pub limit: u32,
+    pub window: Duration,
 }
 
-impl Window {
-    /// Drops admissions outside `(now - length, now]`.
-    fn prune(&mut self, now: Instant) {
-        while let Some(&t) = self.stamps.front() {
-            // t is outside the window iff t + length <= now.
-            if t + self.length <= now {
-                self.stamps.pop_front();
-            } else {
-                break;
-            }
+/// A window after an admission was recorded in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowUse {
+    /// Admissions in the window, this one included.
+    pub used: u32,
+    /// How long ago (by the store's clock) the oldest admission in the window was made.
+    pub oldest_age: Duration,
+}
+
+/// A window that had no room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowBlock {
+    /// Index into the specs that were asked about.
+    pub index: usize,
+    /// When (from the store's now) enough admissions leave the window for one more to fit.
+    pub frees_in: Duration,
+}
+
+/// A store's answer to "check every window and, if all have room, consume one slot in each".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WindowVerdict {
+    /// Every window had room; one admission was recorded in each. One entry per spec, in order.
+    Admitted(Vec<WindowUse>),
+    /// At least one window had no room; nothing was recorded anywhere.
+    Blocked(Vec<WindowBlock>),
+}
+
+/// Why a store could not answer; `kind` is the metric label.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct StoreError {
+    pub kind: StoreErrorKind,
+    /// Never contains a secret (stores build it from their own words and the server's error).
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StoreErrorKind {
+    /// No answer within the configured timeout.
+    Timeout,
+    /// Could not connect, or the connection broke.
+    Connection,
+    /// The server refused our credentials (wrong password, unknown user, missing ACL rights).
+    Auth,
+    /// TLS handshake or certificate verification failed.
+    Tls,
+    /// The server ran the script and it failed, or answered something unexpected.
+    Script,
+    /// Fewer replicas than `min_replicas_ack` acknowledged the admission.
+    Replication,
+    Other,
+}
+
+impl StoreErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreErrorKind::Timeout => "timeout",
+            StoreErrorKind::Connection => "connection",
+            StoreErrorKind::Auth => "auth",
+            StoreErrorKind::Tls => "tls",
+            StoreErrorKind::Script => "script",
+            StoreErrorKind::Replication => "replication",
+            StoreErrorKind::Other => "other",
         }
+    }
+    pub const ALL: [StoreErrorKind; 7] = [
+        StoreErrorKind::Timeout,
+        StoreErrorKind::Connection,
+        StoreErrorKind::Auth,
+        StoreErrorKind::Tls,
+        StoreErrorKind::Script,
+        StoreErrorKind::Replication,
+        StoreErrorKind::Other,
+    ];
+}
+
+impl std::fmt::Display for StoreErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
-/// Sweep every key once this many admits have happened since the last sweep, so keys that are
-/// never touched again (one-off devices) do not pile up.
-const SWEEP_EVERY: u64 = 1024;
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
-#[derive(Debug, Default)]
-struct State {
-    windows: HashMap<Key, Window>,
-    calls_since_sweep: u64,
+/// Where admissions are kept. Implementations must check ALL windows and then consume one slot
+/// in each, or consume nothing, as one atomic step (no other admission may interleave); time is
+/// the store's own clock, never the caller's.
+pub trait WindowStore: Send + Sync {
+    /// Check-and-consume. `id` is unique per request (a store may use it as the member name).
+    fn check_and_consume<'a>(
+        &'a self,
+        windows: &'a [WindowSpec],
+        id: &'a str,
+    ) -> StoreFuture<'a, WindowVerdict>;
+    /// Whether the store can answer now (`/readyz`).
+    fn ping(&self) -> StoreFuture<'_, ()>;
+    /// `memory` or `redis`, for metrics and `/readyz`.
+    fn backend(&self) -> &'static str;
 }
 
-/// Shared across requests and across config reloads.
-#[derive(Debug, Default)]
+/// Shared across requests and across config reloads; the store is chosen once, at start.
+#[derive(Clone)]
 pub struct RateLimiter {
-    state: Mutex<State>,
+    store: Arc<dyn WindowStore>,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("backend", &self.store.backend())
+            .finish()
+    }
 }
 
 impl RateLimiter {
-    pub fn new() -> RateLimiter {
-        RateLimiter::default()
+    pub fn new(store: Arc<dyn WindowStore>) -> RateLimiter {
+        RateLimiter { store }
+    }
+
+    pub fn store(&self) -> &Arc<dyn WindowStore> {
+        &self.store
     }
 
     /// Checks and consumes ALL the candidate's limits atomically (all-or-nothing). On refusal the
     /// reason is `RateLimited` and `retry_after` is when the blocking key next has room, rounded
-    /// up to whole seconds (at least 1).
-    pub fn admit(&self, candidate: Candidate, now: Instant) -> Result<Permit, Box<RateLimited>> {
-        let policy = candidate.policy().to_string();
-        let (action, op) = (candidate.action(), candidate.operator());
-        let limits = candidate.limits();
-        // A poisoned lock only means another thread panicked mid-update; the timestamps are
-        // still a consistent set, so keep enforcing rather than failing every request.
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.calls_since_sweep += 1;
-        if state.calls_since_sweep >= SWEEP_EVERY {
-            sweep(&mut state, now);
-        }
-
-        let keys: Vec<(Limit, Key)> = limits
-            .iter()
-            .map(|l| (*l, key(l.scope, &policy, action, op)))
-            .collect();
-
-        // Phase 1: check every limit; nothing is recorded yet.
-        let mut blocked: Option<(Duration, RateInfo)> = None;
-        for (limit, k) in &keys {
-            let Some(w) = state.windows.get_mut(k) else {
-                continue;
-            };
-            w.length = limit.window;
-            w.prune(now);
-            let count = w.stamps.len();
-            if count >= limit.count as usize {
-                // Room returns when enough of the oldest admissions have left the window that
-                // fewer than N remain: the (count - N + 1)-th oldest must expire.
-                let idx = count - limit.count as usize;
-                let frees_at = w.stamps[idx] + limit.window;
-                let wait = round_up_secs(frees_at.saturating_duration_since(now));
-                let info = RateInfo {
-                    limit: limit.count,
-                    remaining: 0,
-                    reset: wait,
-                    window: limit.window,
-                    scope: limit.scope,
-                };
-                // Every blocking limit must have room before a retry can pass: report the latest.
-                if blocked.as_ref().is_none_or(|(b, _)| wait > *b) {
-                    blocked = Some((wait, info));
-                }
-            }
-        }
-        if let Some((wait, info)) = blocked {
-            drop_empty(&mut state, &keys);
-            let denial = Denial {
-                reason: Reason::RateLimited,
-                message: format!(
-                    "policy '{policy}' allows at most {} {} per {}; retry in {} s",
-                    info.limit,
-                    if info.limit == 1 {
-                        "request"
-                    } else {
-                        "requests"
-                    },
-                    describe(info.scope, info.window),
-                    wait.as_secs()
-                ),
-                policy: Some(policy),
-                retry_after: Some(wait),
-                rate: Some(info),
-            };
-            drop(state);
-            return Err(Box::new(RateLimited { candidate, denial }));
-        }
-
-        // Phase 2: consume all, then report the tightest (fewest remaining, then soonest reset).
-        let mut tightest: Option<RateInfo> = None;
-        for (limit, k) in keys {
-            let w = state.windows.entry(k).or_insert_with(|| Window {
-                length: limit.window,
-                stamps: VecDeque::new(),
+    /// up to whole seconds (at least 1). When the store cannot answer the reason is
+    /// `LimitsUnavailable` (fail closed) and nothing may be forwarded.
+    pub async fn admit(&self, candidate: Candidate, id: &str) -> Result<Permit, Box<RateLimited>> {
+        let specs = windows(&candidate);
+        if specs.is_empty() {
+            return Ok(Permit {
+                candidate,
+                rate: None,
             });
-            w.stamps.push_back(now);
-            let used = w.stamps.len() as u32;
-            let oldest = w.stamps.front().copied().unwrap_or(now);
-            let info = RateInfo {
-                limit: limit.count,
-                remaining: limit.count.saturating_sub(used),
-                reset: (oldest + limit.window).saturating_duration_since(now),
-                window: limit.window,
-                scope: limit.scope,
-            };
-            let tighter = match &tightest {
-                None => true,
-                Some(t) => (info.remaining, info.reset) < (t.remaining, t.reset),
-            };
-            if tighter {
-                tightest = Some(info);
+        }
+        let verdict = match self.store.check_and_consume(&specs, id).await {
+            Ok(v) => v,
+            Err(e) => {
+                let denial = Denial {
+                    reason: Reason::LimitsUnavailable,
+                    message: "the rate-limit state cannot be reached; nothing was forwarded".into(),
+                    policy: Some(candidate.policy().to_string()),
+                    retry_after: None,
+                    rate: None,
+                };
+                return Err(Box::new(RateLimited {
+                    candidate,
+                    denial,
+                    store_error: Some(e),
+                }));
+            }
+        };
+        match verdict {
+            WindowVerdict::Admitted(uses) => {
+                let rate = tightest(&specs, &uses);
+                Ok(Permit { candidate, rate })
+            }
+            WindowVerdict::Blocked(blocks) => {
+                let denial = refusal(&candidate, &specs, &blocks);
+                Err(Box::new(RateLimited {
+                    candidate,
+                    denial,
+                    store_error: None,
+                }))
             }
         }
-        drop(state);
-        Ok(Permit {
-            candidate,
-            rate: tightest,
+    }
+}
+
+/// The windows a candidate must fit in, one per limit of its policy.
+pub fn windows(candidate: &Candidate) -> Vec<WindowSpec> {
+    let policy = candidate.policy();
+    let (action, op) = (candidate.action(), candidate.operator());
+    candidate
+        .limits()
+        .iter()
+        .map(|l| WindowSpec {
+            key: WindowKey {
+                policy: policy.to_string(),
+                scope: l.scope,
+                subject: subject(l.scope, action, op),
+            },
+            limit: l.count,
+            window: l.window,
         })
-    }
+        .collect()
+}
 
-    /// Prunes every key and drops the empty ones.
-    pub fn sweep(&self, now: Instant) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        sweep(&mut state, now);
-    }
-
-    /// How many keys hold state (for metrics and the memory-bound tests).
-    pub fn key_count(&self) -> usize {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.windows.len()
+fn subject(scope: LimitScope, action: &Action, op: &Operator) -> String {
+    match scope {
+        LimitScope::PerOperator => op.oid.to_ascii_lowercase(),
+        LimitScope::PerDevice => action.managed_device_id.to_ascii_lowercase(),
+        LimitScope::Global => String::new(),
     }
 }
 
-fn sweep(state: &mut State, now: Instant) {
-    state.windows.retain(|_, w| {
-        w.prune(now);
-        !w.stamps.is_empty()
-    });
-    state.calls_since_sweep = 0;
-}
-
-fn drop_empty(state: &mut State, keys: &[(Limit, Key)]) {
-    for (_, k) in keys {
-        if state.windows.get(k).is_some_and(|w| w.stamps.is_empty()) {
-            state.windows.remove(k);
+/// The tightest window after an admission: fewest remaining, then soonest reset.
+fn tightest(specs: &[WindowSpec], uses: &[WindowUse]) -> Option<RateInfo> {
+    let mut tightest: Option<RateInfo> = None;
+    for (spec, u) in specs.iter().zip(uses) {
+        let info = RateInfo {
+            limit: spec.limit,
+            remaining: spec.limit.saturating_sub(u.used),
+            reset: spec.window.saturating_sub(u.oldest_age),
+            window: spec.window,
+            scope: spec.key.scope,
+        };
+        let tighter = match &tightest {
+            None => true,
+            Some(t) => (info.remaining, info.reset) < (t.remaining, t.reset),
+        };
+        if tighter {
+            tightest = Some(info);
         }
     }
+    tightest
 }
 
-fn key(scope: LimitScope, policy: &str, action: &Action, op: &Operator) -> Key {
-    let policy = policy.to_string();
-    match scope {
-        LimitScope::PerOperator => Key::Operator {
-            policy,
-            oid: op.oid.to_ascii_lowercase(),
-        },
-        LimitScope::PerDevice => Key::Device {
-            policy,
-            device: action.managed_device_id.to_ascii_lowercase(),
-        },
-        LimitScope::Global => Key::Global { policy },
+/// The refusal for a blocked candidate: every blocking window must have room before a retry can
+/// pass, so the latest is reported.
+fn refusal(candidate: &Candidate, specs: &[WindowSpec], blocks: &[WindowBlock]) -> Denial {
+    let policy = candidate.policy().to_string();
+    let mut worst: Option<(Duration, RateInfo)> = None;
+    for b in blocks {
+        let Some(spec) = specs.get(b.index) else {
+            continue;
+        };
+        let wait = round_up_secs(b.frees_in);
+        let info = RateInfo {
+            limit: spec.limit,
+            remaining: 0,
+            reset: wait,
+            window: spec.window,
+            scope: spec.key.scope,
+        };
+        if worst.as_ref().is_none_or(|(w, _)| wait > *w) {
+            worst = Some((wait, info));
+        }
+    }
+    // A store that blocks names at least one window; if it named none, refuse for the first.
+    let (wait, info) = worst.unwrap_or_else(|| {
+        let spec = &specs[0];
+        let info = RateInfo {
+            limit: spec.limit,
+            remaining: 0,
+            reset: Duration::from_secs(1),
+            window: spec.window,
+            scope: spec.key.scope,
+        };
+        (Duration::from_secs(1), info)
+    });
+    Denial {
+        reason: Reason::RateLimited,
+        message: format!(
+            "policy '{policy}' allows at most {} {} per {}; retry in {} s",
+            info.limit,
+            if info.limit == 1 {
+                "request"
+            } else {
+                "requests"
+            },
+            describe(info.scope, info.window),
+            wait.as_secs()
+        ),
+        policy: Some(policy),
+        retry_after: Some(wait),
+        rate: Some(info),
     }
 }
 
@@ -275,17 +369,20 @@ fn describe(scope: LimitScope, window: Duration) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::policy::decide::tests::{action, operator, policy, DEV, OID};
     use crate::policy::FactsOutcome;
+    use crate::policy::Limit;
     use crate::policy::{PolicySet, PolicySettings};
     use crate::routes::RouteForm;
+    use crate::state::memory::{MemoryStore, SWEEP_EVERY};
+    use std::time::Instant;
 
-    const OTHER_DEV: &str = "22222222-c9c9-40c1-abbd-6997016f4c9e";
-    const OTHER_OID: &str = "33333333-6e1f-485b-8b8b-fb86895f0498";
+    pub(crate) const OTHER_DEV: &str = "22222222-c9c9-40c1-abbd-6997016f4c9e";
+    pub(crate) const OTHER_OID: &str = "33333333-6e1f-485b-8b8b-fb86895f0498";
 
-    fn lim(scope: LimitScope, count: u32, secs: u64) -> Limit {
+    pub(crate) fn lim(scope: LimitScope, count: u32, secs: u64) -> Limit {
         Limit {
             scope,
             count,
@@ -294,7 +391,7 @@ mod tests {
     }
 
     /// A Candidate for `policy_name` with `limits`, obtained the only way there is: decide().
-    fn candidate(name: &str, limits: Vec<Limit>, oid: &str, device: &str) -> Candidate {
+    pub(crate) fn candidate(name: &str, limits: Vec<Limit>, oid: &str, device: &str) -> Candidate {
         let p = PolicySettings {
             users: [oid.to_string()].into_iter().collect(),
             limits,
@@ -321,17 +418,31 @@ mod tests {
         .unwrap()
     }
 
+    /// A limiter over a memory store whose clock the test sets: time is driven explicitly.
     struct Rig {
         rl: RateLimiter,
+        store: Arc<MemoryStore>,
+        now: Arc<std::sync::Mutex<Instant>>,
         t0: Instant,
     }
 
     impl Rig {
         fn new() -> Rig {
+            let t0 = Instant::now();
+            let now = Arc::new(std::sync::Mutex::new(t0));
+            let clock = now.clone();
+            let store = Arc::new(MemoryStore::with_clock(Arc::new(move || {
+                *clock.lock().unwrap()
+            })));
             Rig {
-                rl: RateLimiter::new(),
-                t0: Instant::now(),
+                rl: RateLimiter::new(store.clone()),
+                store,
+                now,
+                t0,
             }
+        }
+        fn set(&self, ms: u64) {
+            *self.now.lock().unwrap() = self.t0 + Duration::from_millis(ms);
         }
         fn try_at(
             &self,
@@ -342,9 +453,20 @@ mod tests {
             device: &str,
         ) -> Result<Permit, Denial> {
             let c = candidate(name, limits.to_vec(), oid, device);
-            let now = self.t0 + Duration::from_millis(secs_ms);
-            self.rl.admit(c, now).map_err(|r| r.denial)
+            // Clock and admission under one lock, so concurrent callers cannot reorder time.
+            let mut now = self.now.lock().unwrap();
+            *now = self.t0 + Duration::from_millis(secs_ms);
+            drop(now);
+            block_on(self.rl.admit(c, "req")).map_err(|r| r.denial)
         }
+    }
+
+    /// The memory store answers at once: a current-thread runtime drives the future.
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
     }
 
     #[test]
@@ -521,11 +643,13 @@ mod tests {
             let dev = format!("{i:08x}-c9c9-40c1-abbd-6997016f4c9e");
             rig.try_at(0, "p", &l, OID, &dev).unwrap();
         }
-        assert_eq!(rig.rl.key_count(), 100);
-        rig.rl.sweep(rig.t0 + Duration::from_secs(5));
-        assert_eq!(rig.rl.key_count(), 100);
-        rig.rl.sweep(rig.t0 + Duration::from_secs(10));
-        assert_eq!(rig.rl.key_count(), 0);
+        assert_eq!(rig.store.key_count(), 100);
+        rig.set(5_000);
+        rig.store.sweep();
+        assert_eq!(rig.store.key_count(), 100);
+        rig.set(10_000);
+        rig.store.sweep();
+        assert_eq!(rig.store.key_count(), 0);
     }
 
     #[test]
@@ -538,7 +662,7 @@ mod tests {
             rig.try_at(u64::from(i) * 2_000, "p", &l, OID, &dev)
                 .unwrap();
         }
-        assert!(rig.rl.key_count() <= 11, "{}", rig.rl.key_count());
+        assert!(rig.store.key_count() <= 11, "{}", rig.store.key_count());
     }
 
     #[test]
