@@ -3,7 +3,6 @@
 
 use crate::common::*;
 use passgate::sandbox::{SampleTenant, Sandbox};
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -41,15 +40,7 @@ impl Served {
             .stderr(Stdio::piped())
             .spawn()
             .expect("serve starts");
-        let (tx, lines) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = stderr_lines(&mut child);
         let mut s = Served {
             child: Some(child),
             lines,

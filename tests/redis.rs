@@ -6,7 +6,6 @@
 use crate::common::*;
 use passgate::sandbox::{SampleTenant, Sandbox};
 use passgate::state::test_support::{self, RedisOptions, RedisServer};
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -89,15 +88,7 @@ impl Gw {
             cmd.env(PASSWORD_ENV, p);
         }
         let mut child = cmd.spawn().expect("serve starts");
-        let (tx, lines) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = stderr_lines(&mut child);
         let mut g = Gw {
             child: Some(child),
             lines,

@@ -320,3 +320,19 @@ impl Drop for ChildGuard {
         let _ = self.0.wait();
     }
 }
+
+/// The child's stderr, line by line, as a channel (read by a thread of its own, so a test can
+/// wait for a log line with a deadline). The child must have been spawned with piped stderr.
+pub fn stderr_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::{BufRead, BufReader};
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().expect("stderr is piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
