@@ -356,11 +356,22 @@ impl Gateway {
         authorized.map_err(|failed| {
             let Uncommitted { permit, error: e } = *failed;
             tracing::error!(request_id = %inbound.request_id, error = %error::chain(&e), "audit write failed; refusing (fail closed)");
-            Refusal::new(
+            let mut r = Refusal::new(
                 Reason::AuditUnavailable,
                 "the audit log cannot be written; nothing was forwarded",
                 Known::from(permit),
-            )
+            );
+            if e.may_land_as_submitted() {
+                // The allow record may still land: say in an outcome what the client got.
+                self.audit.note_abandoned(&inbound.request_id);
+            }
+            // Abandoned or stalled, this request's decision record already says (or will say,
+            // with its outcome) what the client gets: no second decision record for it.
+            r.recorded = matches!(
+                e,
+                crate::audit::CommitError::Abandoned(_) | crate::audit::CommitError::Stalled(_)
+            );
+            r
         })
     }
 
@@ -447,8 +458,16 @@ impl Gateway {
             message: &refusal.message,
         };
         let verdict = |reason| Verdict::of(known.action.as_ref(), "deny", reason);
+        if refusal.recorded {
+            let resp = answer::error(inbound, refusal.reason, &refusal.message, refusal.headers);
+            return (resp, verdict(refusal.reason));
+        }
         if let Err(e) = self.audit.commit_deny(inbound, known, note).await {
             tracing::error!(request_id = %inbound.request_id, error = %error::chain(&e), "audit write failed for a denial");
+            if e.may_land_as_submitted() {
+                // The denial lands with its original status: an outcome says the client got 503.
+                self.audit.note_abandoned(&inbound.request_id);
+            }
             let resp = answer::error(
                 inbound,
                 Reason::AuditUnavailable,

@@ -18,6 +18,9 @@ pub(super) struct Refusal {
     pub message: String,
     pub headers: HeaderMap,
     pub known: Known,
+    /// The request's decision record is already in the log (or on its way), saying what the
+    /// client gets: `refuse` answers without queueing another.
+    pub recorded: bool,
 }
 
 impl Refusal {
@@ -28,6 +31,7 @@ impl Refusal {
             message: message.into(),
             headers: HeaderMap::new(),
             known,
+            recorded: false,
         })
     }
 
