@@ -303,12 +303,18 @@ async fn run_dev(
         .unwrap_or_else(std::env::temp_dir);
     for name in ["alice", "bob"] {
         if let Some(tok) = state["operators"][name]["token"].as_str() {
-            let _ = std::fs::write(token_dir.join(format!("{name}.token")), tok);
+            let path = token_dir.join(format!("{name}.token"));
+            if let Err(e) = dev::write_private(&path, tok.as_bytes()) {
+                eprintln!(
+                    "passgate dev: cannot write token file {}: {e}",
+                    path.display()
+                );
+            }
         }
     }
     if let Some(path) = &state_file {
         let text = serde_json::to_string_pretty(&state).unwrap_or_default();
-        if let Err(e) = std::fs::write(path, text) {
+        if let Err(e) = dev::write_private(path, text.as_bytes()) {
             eprintln!(
                 "passgate dev: cannot write state file {}: {e}",
                 path.display()

@@ -88,7 +88,18 @@ fn request_filter(parts: &http::request::Parts, conn: ConnInfo) -> Inbound {
         .and_then(|v| v.to_str().ok())
         .and_then(crate::text::guid)
         .unwrap_or_else(|| request_id.clone());
-    let target = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
+    // The target as received: an absolute-form (`http://host/path`) or authority-form
+    // (`host:port`) target keeps its scheme and authority, so it never reads as origin-form.
+    let target = if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        parts.uri.to_string()
+    } else {
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_default()
+    };
+    let target = target.as_str();
     Inbound {
         request_id,
         client_request_id,

@@ -159,3 +159,51 @@ async fn dev_writes_a_state_file_whose_tokens_work_end_to_end() {
         assert!(devices.contains_key(d), "{d}");
     }
 }
+
+/// Finding 7: `passgate dev` writes its token and state files 0600 and never through a link:
+/// a symlink planted where the state file goes is refused (the dev run fails) and its target is
+/// untouched; a planted token-file link is skipped; the token files it does write are 0600.
+#[test]
+fn dev_files_are_private_and_planted_links_are_not_followed() {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim.txt");
+    std::fs::write(&victim, "keep").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let state_link = dir.path().join("state.json");
+    symlink(&victim, &state_link).unwrap();
+    symlink(&victim, dir.path().join("alice.token")).unwrap();
+    let mut child = ChildGuard(
+        Command::new(BIN)
+            .args(["dev", "--listen", "127.0.0.1:0", "--state-file"])
+            .arg(&state_link)
+            .arg("--audit-log")
+            .arg(dir.path().join("audit.jsonl"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dev starts"),
+    );
+    // It must give up on its own: poll for its exit with a bound.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "keep",
+        "link followed"
+    );
+    let mode = std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644, "the link target's mode was changed");
+    let bob = std::fs::metadata(dir.path().join("bob.token")).expect("bob.token written");
+    assert_eq!(bob.permissions().mode() & 0o777, 0o600, "bob.token mode");
+    let status = status.expect("dev exits when its state file cannot be written safely");
+    assert!(!status.success());
+}

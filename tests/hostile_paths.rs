@@ -675,3 +675,49 @@ async fn smuggling_shapes_are_refused_and_never_reach_graph() {
     );
     env.stop().await;
 }
+
+/// Finding 7: a request-target other than origin-form is audited as received (scheme and
+/// authority included), not as its path alone, which would read like an ordinary request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_origin_form_targets_are_audited_as_received() {
+    let env = start().await;
+    let t = token(&env, "alice");
+    let k = device_id(&env, "kiosk-phone");
+    let dm = "/v1.0/deviceManagement/managedDevices";
+    let cases = [
+        (
+            "POST",
+            format!("http://graph.microsoft.com{dm}/{k}/recoverPasscode"),
+        ),
+        (
+            "POST",
+            format!("https://graph.microsoft.com{dm}/{k}/recoverPasscode"),
+        ),
+        ("CONNECT", "graph.microsoft.com:443".to_string()),
+    ];
+    for (method, target) in &cases {
+        let before = decision_records(&env).len();
+        let r = raw(&env, &request(method, target.as_bytes(), &t, "")).await;
+        assert_eq!(r.status, 404, "{target}");
+        let recs = decision_records(&env);
+        assert_eq!(recs.len(), before + 1, "{target}: one record");
+        let path = recs[before]["path"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(&path, target, "audited target");
+    }
+    // A query in an absolute-form target is still redacted.
+    let before = decision_records(&env).len();
+    let q = format!("http://graph.microsoft.com{dm}/{k}/recoverPasscode?access_token=secret-ish");
+    let r = raw(&env, &request("POST", q.as_bytes(), &t, "")).await;
+    assert_eq!(r.status, 404);
+    let path = decision_records(&env)[before]["path"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(path.starts_with("http://graph.microsoft.com/"), "{path}");
+    assert!(!path.contains("secret-ish"), "{path}");
+    no_calls(&env);
+    env.stop().await;
+}
