@@ -14,8 +14,10 @@ fn check_accepts_every_shipped_config() {
             continue;
         }
         seen += 1;
+        // Shipped configs are examples to copy: they pass even the strict check (no WARNING).
         let out = Command::new(BIN)
             .arg("check")
+            .arg("--strict")
             .arg("--config")
             .arg(&path)
             .output()
@@ -206,4 +208,44 @@ fn dev_files_are_private_and_planted_links_are_not_followed() {
     assert_eq!(bob.permissions().mode() & 0o777, 0o600, "bob.token mode");
     let status = status.expect("dev exits when its state file cannot be written safely");
     assert!(!status.success());
+}
+
+/// Finding 5: `check --strict` fails on any WARNING (for CI); plain `check` prints it and passes.
+#[test]
+fn check_strict_fails_on_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/production.example.yaml"
+    ))
+    .unwrap();
+    assert!(
+        !text.contains("\nadmin:"),
+        "the example leaves admin at its loopback default"
+    );
+    let risky = format!("{text}\nadmin:\n  listen: \"0.0.0.0:9090\"\n");
+    let path = dir.path().join("risky.yaml");
+    std::fs::write(&path, risky).unwrap();
+    let run = |strict: bool| {
+        let mut c = Command::new(BIN);
+        c.arg("check");
+        if strict {
+            c.arg("--strict");
+        }
+        c.arg("--config").arg(&path).output().expect("runs")
+    };
+    let plain = run(false);
+    assert!(
+        plain.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
+    let out = String::from_utf8_lossy(&plain.stdout);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("WARNING") && l.contains("admin.listen")),
+        "{out}"
+    );
+    let strict = run(true);
+    assert!(!strict.status.success(), "--strict must fail on a warning");
 }
