@@ -784,6 +784,16 @@ impl Validator<'_> {
             l.idle_timeout_seconds,
             "seconds an idle connection is kept open; the default is 60",
         )?;
+        let write_timeout = positive(
+            "write_timeout_seconds",
+            l.write_timeout_seconds,
+            "seconds a response write may make no progress before the connection is closed; the default is 10",
+        )?;
+        let max_connection_age = positive(
+            "max_connection_age_seconds",
+            l.max_connection_age_seconds,
+            "seconds after which a connection is closed at its next idle moment; the default is 300",
+        )?;
         // hyper refuses (panics on) a read buffer below 8 KiB; 16 MiB is far past any real head.
         if !(8192..=16 * 1024 * 1024).contains(&l.max_header_bytes) {
             return Err(self.err(
@@ -841,6 +851,8 @@ impl Validator<'_> {
             max_connections: l.max_connections,
             idle_timeout,
             h2_max_concurrent_streams: l.h2_max_concurrent_streams,
+            write_timeout,
+            max_connection_age,
             tls_reload_interval: reload,
             trusted_proxies,
         })

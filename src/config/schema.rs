@@ -141,6 +141,13 @@ pub struct ServerLimitsConfig {
     /// Concurrent HTTP/2 streams per connection. Default 16.
     #[serde(default = "default_h2_streams")]
     pub h2_max_concurrent_streams: u32,
+    /// A response write that makes no progress for this long closes the connection (a client
+    /// that does not read its answers). Default 10.
+    #[serde(default = "default_write_timeout")]
+    pub write_timeout_seconds: u64,
+    /// A connection is closed at its next idle moment once it is this old. Default 300.
+    #[serde(default = "default_max_connection_age")]
+    pub max_connection_age_seconds: u64,
 }
 
 impl Default for ServerLimitsConfig {
@@ -153,6 +160,8 @@ impl Default for ServerLimitsConfig {
             max_connections: default_max_connections(),
             idle_timeout_seconds: default_idle_timeout(),
             h2_max_concurrent_streams: default_h2_streams(),
+            write_timeout_seconds: default_write_timeout(),
+            max_connection_age_seconds: default_max_connection_age(),
         }
     }
 }
@@ -177,6 +186,12 @@ fn default_idle_timeout() -> u64 {
 }
 fn default_h2_streams() -> u32 {
     16
+}
+fn default_write_timeout() -> u64 {
+    10
+}
+fn default_max_connection_age() -> u64 {
+    300
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

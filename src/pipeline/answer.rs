@@ -79,6 +79,9 @@ pub(super) fn upstream(up: Upstream, rate: Option<&RateInfo>) -> Response<Full<B
     resp
 }
 
+/// Longest `error.message` in an answer, in bytes.
+const MAX_ERROR_MESSAGE_BYTES: usize = 512;
+
 /// A Graph-shaped error with passgate's reason code as `error.code`.
 pub(super) fn error(
     inbound: &Inbound,
@@ -86,6 +89,8 @@ pub(super) fn error(
     message: &str,
     extra: HeaderMap,
 ) -> Response<Full<Bytes>> {
+    // Messages may quote what the client sent: never more than this much of it comes back.
+    let message = crate::text::truncated(message, MAX_ERROR_MESSAGE_BYTES);
     let body = graph_error_json(
         reason.as_str(),
         message,
