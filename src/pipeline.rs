@@ -300,8 +300,27 @@ impl Gateway {
             ));
         }
         let groups = self.policies.groups_to_check(&screen);
-        let facts = match self.facts.facts(&action.managed_device_id, &groups).await {
+        let looked_up = self
+            .facts
+            .facts_for(&operator.oid, &action.managed_device_id, &groups)
+            .await;
+        let facts = match looked_up {
             Ok(f) => FactsOutcome::Found(f),
+            Err(FactsError::Budget { retry_after }) => {
+                let mut r = Refusal::new(
+                    Reason::RateLimited,
+                    "too many device lookups by this operator; nothing was asked of Graph, retry later",
+                    Known::authenticated(action, operator),
+                );
+                let secs = retry_after.as_secs().max(1);
+                r.headers
+                    .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+                self.metrics
+                    .rate_limited
+                    .with_label_values(&["-", "facts_lookups"])
+                    .inc();
+                return Err(r);
+            }
             Err(FactsError::NotFound) => FactsOutcome::NotFound,
             Err(e @ FactsError::Unavailable { .. }) => {
                 tracing::warn!(request_id = %inbound.request_id, error = %error::chain(&e), "device facts unavailable");

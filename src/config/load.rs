@@ -261,6 +261,25 @@ impl Validator<'_> {
             "the JSON Lines audit file, e.g. /var/lib/passgate/audit.jsonl",
         )?;
         self.audit_rotation(&raw.audit)?;
+        if let Err((message, hint)) = parse_rate(&raw.graph.facts_lookups_per_operator) {
+            return Err(self.err(
+                &root.key("graph").key("facts_lookups_per_operator"),
+                true,
+                message,
+                &hint,
+            ));
+        }
+        if !(1..=1_000_000).contains(&raw.graph.facts_cache_max_entries) {
+            return Err(self.err(
+                &root.key("graph").key("facts_cache_max_entries"),
+                true,
+                format!(
+                    "{} is outside 1..=1000000",
+                    raw.graph.facts_cache_max_entries
+                ),
+                "the default is 10000",
+            ));
+        }
         if raw.graph.facts_cache_ttl_seconds > MAX_FACTS_CACHE_TTL_SECONDS {
             return Err(self.err(&root.key("graph").key("facts_cache_ttl_seconds"), true, format!("{} s is more than the {MAX_FACTS_CACHE_TTL_SECONDS} s allowed", raw.graph.facts_cache_ttl_seconds), "a device removed from its group stays recoverable for this long; the default is 300"));
         }

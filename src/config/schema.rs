@@ -184,6 +184,12 @@ fn default_max_connections() -> usize {
 fn default_idle_timeout() -> u64 {
     60
 }
+fn default_facts_max_entries() -> usize {
+    10_000
+}
+fn default_facts_lookups() -> String {
+    "60 per 1m".into()
+}
 fn default_h2_streams() -> u32 {
     16
 }
@@ -355,6 +361,13 @@ pub struct GraphConfig {
     /// How long device facts are cached, seconds. Default 300. 0 disables caching.
     #[serde(default = "default_facts_ttl")]
     pub facts_cache_ttl_seconds: u64,
+    /// Most device-facts cache entries kept. Default 10000.
+    #[serde(default = "default_facts_max_entries")]
+    pub facts_cache_max_entries: usize,
+    /// Device lookups (with the app token) each operator may cause, as `N per DURATION`.
+    /// Default `60 per 1m`.
+    #[serde(default = "default_facts_lookups")]
+    pub facts_lookups_per_operator: String,
     /// Refresh the app token this many seconds before it expires. Default 300.
     #[serde(default = "default_refresh_ahead")]
     pub token_refresh_ahead_seconds: u64,
@@ -366,6 +379,8 @@ impl Default for GraphConfig {
             action_timeout_seconds: default_action_timeout(),
             read_timeout_seconds: default_read_timeout(),
             facts_cache_ttl_seconds: default_facts_ttl(),
+            facts_cache_max_entries: default_facts_max_entries(),
+            facts_lookups_per_operator: default_facts_lookups(),
             token_refresh_ahead_seconds: default_refresh_ahead(),
         }
     }
