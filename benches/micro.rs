@@ -264,6 +264,7 @@ fn decision_record(i: u64) -> DecisionRecord {
         policy: Some("bench".into()),
         status: None,
         message: None,
+        abandoned: None,
     }
 }
 

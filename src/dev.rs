@@ -104,6 +104,28 @@ pub fn bind_to_sandbox(settings: &mut Settings, sandbox: &Sandbox, audit_log: &s
     settings.audit.path = audit_log.display().to_string();
 }
 
+/// Writes a file only its owner can read (mode 0600), for the dev tokens and state file: never
+/// through a symbolic link (`O_NOFOLLOW`), never into something other than a regular file, and
+/// an existing file is narrowed to 0600 before anything is written into it.
+pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.set_len(0)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
 pub async fn start(opts: DevOptions) -> Result<DevEnv, DevError> {
     let sandbox = Sandbox::start(SampleTenant::contoso())
         .await
@@ -118,7 +140,14 @@ pub async fn start(opts: DevOptions) -> Result<DevEnv, DevError> {
                 std::process::id(),
                 uuid::Uuid::new_v4().simple()
             ));
-            std::fs::create_dir_all(&dir).map_err(DevError::TempDir)?;
+            {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&dir)
+                    .map_err(DevError::TempDir)?;
+            }
             dir.join("audit.jsonl")
         }
     };

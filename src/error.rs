@@ -34,6 +34,9 @@ pub enum Reason {
     TokenWrongIssuer,
     TokenWrongTenant,
     TokenMissingClaim,
+    /// The token's type signals (`idtyp`, `sub` vs `oid`, `scp`) disagree: neither clearly a
+    /// user's delegated token nor an app-only token.
+    TokenKindAmbiguous,
     TokenScopeMissing,
     KeysUnavailable,
     // --- policy ---
@@ -78,6 +81,7 @@ impl Reason {
             Reason::TokenWrongIssuer => "token_wrong_issuer",
             Reason::TokenWrongTenant => "token_wrong_tenant",
             Reason::TokenMissingClaim => "token_missing_claim",
+            Reason::TokenKindAmbiguous => "token_kind_ambiguous",
             Reason::TokenScopeMissing => "token_scope_missing",
             Reason::KeysUnavailable => "keys_unavailable",
             Reason::OperatorNotApproved => "operator_not_approved",
@@ -120,7 +124,8 @@ impl Reason {
             | Reason::TokenWrongAudience
             | Reason::TokenWrongIssuer
             | Reason::TokenWrongTenant
-            | Reason::TokenMissingClaim => StatusCode::UNAUTHORIZED,
+            | Reason::TokenMissingClaim
+            | Reason::TokenKindAmbiguous => StatusCode::UNAUTHORIZED,
             Reason::TokenScopeMissing
             | Reason::OperatorNotApproved
             | Reason::DeviceNotRegistered

@@ -30,6 +30,9 @@ enum Command {
     Check {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// Also fail (exit 1) on any WARNING, for CI pipelines.
+        #[arg(long)]
+        strict: bool,
     },
     /// Start the embedded sandbox (Entra + Graph emulator) with the gateway in front of it.
     Dev {
@@ -68,7 +71,7 @@ fn init_tracing() {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => check(&config),
+        Command::Check { config, strict } => check(&config, strict),
         Command::Serve { config } => {
             init_tracing();
             serve(&config).await
@@ -86,10 +89,15 @@ async fn main() -> ExitCode {
     }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+fn check(path: &std::path::Path, strict: bool) -> ExitCode {
     match config::load_file(path) {
         Ok(settings) => {
             print!("{}", config::summary(&settings));
+            let warnings = config::warnings(&settings).len();
+            if strict && warnings > 0 {
+                eprintln!("passgate check --strict: {warnings} warning(s); failing");
+                return ExitCode::FAILURE;
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -188,6 +196,9 @@ async fn serve(path: &std::path::Path) -> ExitCode {
     };
     // Registered before anything else so an early SIGTERM/SIGHUP is never the default action.
     let mut signals = Signals::new();
+    for w in config::warnings(&settings) {
+        tracing::warn!(key = %w.key, "config warning: {}", w.reason);
+    }
     let run = async {
         let shared = Shared::open(&settings).await?;
         let live = Live::new(runtime::build_gateway(&settings, &shared).await?);
@@ -303,12 +314,18 @@ async fn run_dev(
         .unwrap_or_else(std::env::temp_dir);
     for name in ["alice", "bob"] {
         if let Some(tok) = state["operators"][name]["token"].as_str() {
-            let _ = std::fs::write(token_dir.join(format!("{name}.token")), tok);
+            let path = token_dir.join(format!("{name}.token"));
+            if let Err(e) = dev::write_private(&path, tok.as_bytes()) {
+                eprintln!(
+                    "passgate dev: cannot write token file {}: {e}",
+                    path.display()
+                );
+            }
         }
     }
     if let Some(path) = &state_file {
         let text = serde_json::to_string_pretty(&state).unwrap_or_default();
-        if let Err(e) = std::fs::write(path, text) {
+        if let Err(e) = dev::write_private(path, text.as_bytes()) {
             eprintln!(
                 "passgate dev: cannot write state file {}: {e}",
                 path.display()

@@ -105,19 +105,24 @@ fn request_filter(parts: &http::request::Parts, conn: ConnInfo) -> Inbound {
         .and_then(|v| v.to_str().ok())
         .and_then(crate::text::guid)
         .unwrap_or_else(|| request_id.clone());
-    // Authority-form targets (`CONNECT host:443`) have no path: record them as received.
-    let target = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| parts.uri.to_string());
+    // The target as received: an absolute-form (`http://host/path`) or authority-form
+    // (`host:port`) target keeps its scheme and authority, so it never reads as origin-form.
+    let target = if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        parts.uri.to_string()
+    } else {
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_default()
+    };
+    let target = target.as_str();
     Inbound {
         request_id,
         client_request_id,
         conn,
         method: crate::text::truncated(parts.method.as_str(), 16).to_string(),
-        path: crate::text::truncated(&audit_path(&target), crate::audit::MAX_PATH_BYTES)
-            .to_string(),
+        path: crate::text::truncated(&audit_path(target), crate::audit::MAX_PATH_BYTES).to_string(),
     }
 }
 
@@ -311,9 +316,26 @@ impl Gateway {
             ));
         }
         let groups = self.policies.groups_to_check(&screen);
-        let lookup = self.facts.facts(&action.managed_device_id, &groups);
+        let lookup = self
+            .facts
+            .facts_for(&operator.oid, &action.managed_device_id, &groups);
         let facts = match self.timed(Stage::Facts, lookup).await {
             Ok(f) => FactsOutcome::Found(f),
+            Err(FactsError::Budget { retry_after }) => {
+                let mut r = Refusal::new(
+                    Reason::RateLimited,
+                    "too many device lookups by this operator; nothing was asked of Graph, retry later",
+                    Known::authenticated(action, operator),
+                );
+                let secs = retry_after.as_secs().max(1);
+                r.headers
+                    .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+                self.metrics
+                    .rate_limited
+                    .with_label_values(&["-", "facts_lookups"])
+                    .inc();
+                return Err(r);
+            }
             Err(FactsError::NotFound) => FactsOutcome::NotFound,
             Err(e @ FactsError::Unavailable { .. }) => {
                 tracing::warn!(request_id = %inbound.request_id, error = %error::chain(&e), "device facts unavailable");
@@ -388,11 +410,22 @@ impl Gateway {
         authorized.map_err(|failed| {
             let Uncommitted { permit, error: e } = *failed;
             tracing::error!(request_id = %inbound.request_id, error = %error::chain(&e), "audit write failed; refusing (fail closed)");
-            Refusal::new(
+            let mut r = Refusal::new(
                 Reason::AuditUnavailable,
                 "the audit log cannot be written; nothing was forwarded",
                 Known::from(permit),
-            )
+            );
+            if e.may_land_as_submitted() {
+                // The allow record may still land: say in an outcome what the client got.
+                self.audit.note_abandoned(&inbound.request_id);
+            }
+            // Abandoned or stalled, this request's decision record already says (or will say,
+            // with its outcome) what the client gets: no second decision record for it.
+            r.recorded = matches!(
+                e,
+                crate::audit::CommitError::Abandoned(_) | crate::audit::CommitError::Stalled(_)
+            );
+            r
         })
     }
 
@@ -479,8 +512,16 @@ impl Gateway {
             message: &refusal.message,
         };
         let verdict = |reason| Verdict::of(known.action.as_ref(), "deny", reason);
+        if refusal.recorded {
+            let resp = answer::error(inbound, refusal.reason, &refusal.message, refusal.headers);
+            return (resp, verdict(refusal.reason));
+        }
         if let Err(e) = self.audit.commit_deny(inbound, known, note).await {
             tracing::error!(request_id = %inbound.request_id, error = %error::chain(&e), "audit write failed for a denial");
+            if e.may_land_as_submitted() {
+                // The denial lands with its original status: an outcome says the client got 503.
+                self.audit.note_abandoned(&inbound.request_id);
+            }
             let resp = answer::error(
                 inbound,
                 Reason::AuditUnavailable,

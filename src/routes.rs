@@ -202,7 +202,10 @@ pub fn parse(method: &http::Method, target: &str) -> Result<Action, RouteError> 
     if method != http::Method::POST {
         return Err(refuse(
             Reason::MethodNotAllowed,
-            format!("{method} is not allowed on this action; use POST"),
+            format!(
+                "{} is not allowed on this action; use POST",
+                crate::text::truncated(method.as_str(), 32)
+            ),
         ));
     }
     // Even an empty query (`...recoverPasscode?`) is refused: what is accepted must be exactly

@@ -578,7 +578,12 @@ pub async fn build_gateway(settings: &Settings, shared: &Shared) -> Result<Gatew
         tokens.clone(),
         read_timeout,
         Duration::from_secs(settings.graph.facts_cache_ttl_seconds),
-    );
+    )
+    .with_max_entries(settings.graph.facts_cache_max_entries);
+    // Validated when the config was loaded; a value that somehow fails still gets a budget.
+    let (n, per) = crate::config::parse_rate(&settings.graph.facts_lookups_per_operator)
+        .unwrap_or((60, Duration::from_secs(60)));
+    let facts = facts.with_operator_budget(n, per);
     let forwarder = Forwarder::new(
         client,
         ep.graph.clone(),

@@ -58,6 +58,7 @@ fn decision(id: &str, upn: &str, device: &str, decision: Decision, reason: &str)
         policy: Some("helpdesk".into()),
         status: deny.then_some(403),
         message: deny.then(|| "refused, see reason".to_owned()),
+        abandoned: None,
     }
 }
 

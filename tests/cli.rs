@@ -14,8 +14,10 @@ fn check_accepts_every_shipped_config() {
             continue;
         }
         seen += 1;
+        // Shipped configs are examples to copy: they pass even the strict check (no WARNING).
         let out = Command::new(BIN)
             .arg("check")
+            .arg("--strict")
             .arg("--config")
             .arg(&path)
             .output()
@@ -158,4 +160,92 @@ async fn dev_writes_a_state_file_whose_tokens_work_end_to_end() {
     ] {
         assert!(devices.contains_key(d), "{d}");
     }
+}
+
+/// Finding 7: `passgate dev` writes its token and state files 0600 and never through a link:
+/// a symlink planted where the state file goes is refused (the dev run fails) and its target is
+/// untouched; a planted token-file link is skipped; the token files it does write are 0600.
+#[test]
+fn dev_files_are_private_and_planted_links_are_not_followed() {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim.txt");
+    std::fs::write(&victim, "keep").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let state_link = dir.path().join("state.json");
+    symlink(&victim, &state_link).unwrap();
+    symlink(&victim, dir.path().join("alice.token")).unwrap();
+    let mut child = ChildGuard(
+        Command::new(BIN)
+            .args(["dev", "--listen", "127.0.0.1:0", "--state-file"])
+            .arg(&state_link)
+            .arg("--audit-log")
+            .arg(dir.path().join("audit.jsonl"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dev starts"),
+    );
+    // It must give up on its own: poll for its exit with a bound.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "keep",
+        "link followed"
+    );
+    let mode = std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644, "the link target's mode was changed");
+    let bob = std::fs::metadata(dir.path().join("bob.token")).expect("bob.token written");
+    assert_eq!(bob.permissions().mode() & 0o777, 0o600, "bob.token mode");
+    let status = status.expect("dev exits when its state file cannot be written safely");
+    assert!(!status.success());
+}
+
+/// Finding 5: `check --strict` fails on any WARNING (for CI); plain `check` prints it and passes.
+#[test]
+fn check_strict_fails_on_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/production.example.yaml"
+    ))
+    .unwrap();
+    assert!(
+        !text.contains("\nadmin:"),
+        "the example leaves admin at its loopback default"
+    );
+    let risky = format!("{text}\nadmin:\n  listen: \"0.0.0.0:9090\"\n");
+    let path = dir.path().join("risky.yaml");
+    std::fs::write(&path, risky).unwrap();
+    let run = |strict: bool| {
+        let mut c = Command::new(BIN);
+        c.arg("check");
+        if strict {
+            c.arg("--strict");
+        }
+        c.arg("--config").arg(&path).output().expect("runs")
+    };
+    let plain = run(false);
+    assert!(
+        plain.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
+    let out = String::from_utf8_lossy(&plain.stdout);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("WARNING") && l.contains("admin.listen")),
+        "{out}"
+    );
+    let strict = run(true);
+    assert!(!strict.status.success(), "--strict must fail on a warning");
 }

@@ -675,3 +675,107 @@ async fn smuggling_shapes_are_refused_and_never_reach_graph() {
     );
     env.stop().await;
 }
+
+/// Finding 7: a request-target other than origin-form is audited as received (scheme and
+/// authority included), not as its path alone, which would read like an ordinary request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_origin_form_targets_are_audited_as_received() {
+    let env = start().await;
+    let t = token(&env, "alice");
+    let k = device_id(&env, "kiosk-phone");
+    let dm = "/v1.0/deviceManagement/managedDevices";
+    let cases = [
+        (
+            "POST",
+            format!("http://graph.microsoft.com{dm}/{k}/recoverPasscode"),
+        ),
+        (
+            "POST",
+            format!("https://graph.microsoft.com{dm}/{k}/recoverPasscode"),
+        ),
+        ("CONNECT", "graph.microsoft.com:443".to_string()),
+    ];
+    for (method, target) in &cases {
+        let before = decision_records(&env).len();
+        let r = raw(&env, &request(method, target.as_bytes(), &t, "")).await;
+        assert_eq!(r.status, 404, "{target}");
+        let recs = decision_records(&env);
+        assert_eq!(recs.len(), before + 1, "{target}: one record");
+        let path = recs[before]["path"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(&path, target, "audited target");
+    }
+    // A query in an absolute-form target is still redacted.
+    let before = decision_records(&env).len();
+    let q = format!("http://graph.microsoft.com{dm}/{k}/recoverPasscode?access_token=secret-ish");
+    let r = raw(&env, &request("POST", q.as_bytes(), &t, "")).await;
+    assert_eq!(r.status, 404);
+    let path = decision_records(&env)[before]["path"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(path.starts_with("http://graph.microsoft.com/"), "{path}");
+    assert!(!path.contains("secret-ish"), "{path}");
+    no_calls(&env);
+    env.stop().await;
+}
+
+/// Finding 6: an approved operator cannot drive unlimited privileged reads with random device
+/// ids: past `graph.facts_lookups_per_operator` they get `429 rate_limited` (audited) and Graph is
+/// not asked; lookups that end in `device_not_found` count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_lookups_are_budgeted_per_operator() {
+    let anchor = "graph:\n  facts_cache_ttl_seconds: 60\n";
+    assert!(passgate::dev::DEV_CONFIG.contains(anchor));
+    let cfg = passgate::dev::DEV_CONFIG.replacen(
+        anchor,
+        "graph:\n  facts_cache_ttl_seconds: 60\n  facts_lookups_per_operator: \"3 per 1m\"\n",
+        1,
+    );
+    let env = start_with(Some(cfg)).await;
+    let t = token(&env, "alice");
+    let mut codes = Vec::new();
+    for i in 0..6 {
+        let id = format!("00000000-0000-4000-8000-{i:012}");
+        let url = format!(
+            "{}/v1.0/deviceManagement/managedDevices/{id}/recoverPasscode",
+            env.gateway_url
+        );
+        let r = send("POST", &url, &[bearer(&t)], b"").await;
+        codes.push((r.status, r.code()));
+    }
+    let lookups_done = codes.iter().filter(|(s, _)| *s == 404).count();
+    assert_eq!(lookups_done, 3, "{codes:?}");
+    assert!(
+        codes[3..]
+            .iter()
+            .all(|(s, c)| *s == 429 && c == "rate_limited"),
+        "{codes:?}"
+    );
+    let graph_reads = env
+        .sandbox
+        .graph_calls()
+        .into_iter()
+        .filter(|c| {
+            c.path_and_query
+                .contains("00000000-0000-4000-8000-00000000000")
+        })
+        .map(|c| c.path_and_query)
+        .collect::<Vec<_>>();
+    assert!(
+        graph_reads.iter().all(|p| !p.contains("-000000000003")
+            && !p.contains("-000000000004")
+            && !p.contains("-000000000005")),
+        "over-budget lookups reached Graph: {graph_reads:?}"
+    );
+    // Each refusal is an authenticated denial: individually audited.
+    let limited = decision_records(&env)
+        .into_iter()
+        .filter(|r| r["reason"] == "rate_limited")
+        .count();
+    assert_eq!(limited, 3);
+    no_calls(&env);
+    env.stop().await;
+}

@@ -572,3 +572,60 @@ async fn a_huge_token_gets_431_or_401_and_no_hang() {
     assert!(env.sandbox.recover_passcode_calls().is_empty());
     env.stop().await;
 }
+
+/// Finding 3: a user's delegated token carrying `roles` but no `scp` must not pass as app-only
+/// (skipping `required_scope` and audited as `kind: app` with the user's UPN), in v1 or v2, with
+/// or without `idtyp`; nor may an app's token that claims `scp`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_are_not_taken_for_apps() {
+    let env = start().await;
+    let sb = &env.sandbox;
+    let app_role = json!(["PassGate.RecoverPasscode"]);
+    let mut cases = Vec::new();
+    for (form, label) in [(TokenForm::V2, "v2"), (TokenForm::V1, "v1")] {
+        for keep_idtyp in [true, false] {
+            let mut c = sb.operator_claims("alice", form, HOUR);
+            let o = c.as_object_mut().unwrap();
+            o.remove("scp");
+            o.insert("roles".into(), app_role.clone());
+            if !keep_idtyp {
+                o.remove("idtyp");
+            }
+            let name = match (label, keep_idtyp) {
+                ("v2", true) => "v2 user token, roles, no scp",
+                ("v2", false) => "v2 user token, roles, no scp, no idtyp",
+                (_, true) => "v1 user token, roles, no scp",
+                _ => "v1 user token, roles, no scp, no idtyp",
+            };
+            cases.push(case(
+                name,
+                sb.mint(&c, &json!({}), Signing::Valid),
+                401,
+                "token_kind_ambiguous",
+            ));
+        }
+    }
+    let app = sb
+        .tenant()
+        .operators
+        .iter()
+        .find(|o| o.kind == passgate::sandbox::OperatorKind::App)
+        .unwrap()
+        .name
+        .clone();
+    let mut c = sb.operator_claims(&app, TokenForm::V2, HOUR);
+    c["scp"] = json!("RecoverPasscode.Request");
+    cases.push(case(
+        "app token claiming scp",
+        sb.mint(&c, &json!({}), Signing::Valid),
+        401,
+        "token_kind_ambiguous",
+    ));
+    run_cases(&env, &cases).await;
+    for r in audit_records(&env) {
+        assert_ne!(
+            r["operator"]["kind"], "app",
+            "a token was audited as an app: {r}"
+        );
+    }
+}

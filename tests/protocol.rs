@@ -469,3 +469,63 @@ async fn idle_http2_connections_are_closed_after_the_idle_timeout() {
     no_calls(&env);
     env.stop().await;
 }
+
+/// Finding 1: clients that pipeline requests and never read the answers cannot hold the
+/// connection slots: their stalled writes are cut after `write_timeout_seconds`, so a normal
+/// client is served within the configured timeouts. And a long method is not echoed back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_cannot_keep_a_normal_client_waiting() {
+    let env = start_with(Some(with_server(
+        "  limits:\n    max_connections: 2\n    idle_timeout_seconds: 2\n    write_timeout_seconds: 2\n",
+    )))
+    .await;
+    let path = action_path(&env, "kiosk-phone");
+    let method = "A".repeat(8000);
+    let one = exchange(
+        &env,
+        format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    let a = answers(&one);
+    assert_eq!(a[0].status(), 405, "{one:.200}");
+    // (The variable lets one check the slot part alone against a build that still echoes.)
+    if std::env::var_os("PASSGATE_TEST_ALLOW_ECHO").is_none() {
+        assert!(
+            a[0].body.len() < 1024,
+            "the method is echoed: {} bytes",
+            a[0].body.len()
+        );
+    }
+
+    let addr: std::net::SocketAddr = gateway_addr(&env).parse().unwrap();
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut hogs = Vec::new();
+    for _ in 0..2 {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let mut s = sock.connect(addr).await.unwrap();
+        // Pipeline until the server stops taking requests (it is blocked writing answers
+        // nobody reads) or closes; bounded either way.
+        for _ in 0..4000 {
+            match tokio::time::timeout(Duration::from_millis(500), s.write_all(req.as_bytes()))
+                .await
+            {
+                Ok(Ok(())) => continue,
+                _ => break,
+            }
+        }
+        hogs.push(s);
+    }
+    let started = Instant::now();
+    let served = tokio::time::timeout(
+        Duration::from_secs(20),
+        send("POST", &action_url(&env, "kiosk-phone"), &[], b""),
+    )
+    .await;
+    let r = served.expect("a normal client is served despite slow readers");
+    assert_eq!(r.status, 401);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    drop(hogs);
+    no_calls(&env);
+    env.stop().await;
+}

@@ -21,8 +21,29 @@ pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum CommitError {
     #[error("the audit record could not be written")]
     Audit(#[from] AuditError),
+    /// The deadline passed while the record's bytes were already being written: it will read
+    /// as submitted, so the caller adds an outcome record saying what the client received.
     #[error("the audit record was not durable within {0:?}")]
     Stalled(Duration),
+    /// The deadline passed before the writer took the record: it was withdrawn and will be
+    /// written as the `503 audit_unavailable` denial the client receives (marked `abandoned`).
+    #[error(
+        "the audit record was not durable within {0:?}; it was withdrawn and marked abandoned"
+    )]
+    Abandoned(Duration),
+}
+
+impl CommitError {
+    /// True if the log will still say, in the request's own decision record, what the client
+    /// received (so no further record is needed for it).
+    pub fn recorded_as_abandoned(&self) -> bool {
+        matches!(self, CommitError::Abandoned(_))
+    }
+
+    /// True if the record may still be written as submitted (its bytes were already taken).
+    pub fn may_land_as_submitted(&self) -> bool {
+        matches!(self, CommitError::Stalled(_))
+    }
 }
 
 /// Proof that this permit's allow record is durable: the only thing `Forwarder::forward` takes.
@@ -146,10 +167,36 @@ impl AuditLog {
         Ok(RecordedDenial { seq: receipt.seq() })
     }
 
-    async fn commit(&self, rec: DecisionRecord) -> Result<AuditReceipt, CommitError> {
-        match tokio::time::timeout(COMMIT_TIMEOUT, self.record_decision(rec)).await {
+    /// Waits up to [`COMMIT_TIMEOUT`] for `rec` to be durable. On timeout the record is
+    /// withdrawn if the writer has not taken it yet (it is then written marked abandoned, as the
+    /// 503 the client gets); a record given up on is never written as an allow unannounced.
+    pub(crate) async fn commit(&self, rec: DecisionRecord) -> Result<AuditReceipt, CommitError> {
+        let (ticket, written) = self.record_decision_abandonable(rec)?;
+        match tokio::time::timeout(COMMIT_TIMEOUT, written).await {
             Ok(written) => Ok(written?),
+            Err(_) if ticket.abandon() => Err(CommitError::Abandoned(COMMIT_TIMEOUT)),
             Err(_) => Err(CommitError::Stalled(COMMIT_TIMEOUT)),
+        }
+    }
+
+    /// After a [`CommitError::Stalled`] commit: an outcome record (same `request_id`) saying
+    /// the client got `503 audit_unavailable` and nothing was forwarded, so the decision record
+    /// that lands later does not read as a served allow. Spawned: the disk may still hang.
+    pub fn note_abandoned(&self, request_id: &str) {
+        let log = self.clone();
+        let outcome = super::OutcomeRecord {
+            request_id: request_id.to_string(),
+            status: Reason::AuditUnavailable.status().as_u16(),
+            graph_request_id: None,
+            latency_ms: f64::NAN,
+            error: Some(Reason::AuditUnavailable.as_str().to_string()),
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = log.record_outcome(outcome).await {
+                    tracing::error!(error = %crate::error::chain(&e), "audit outcome for an abandoned decision not written");
+                }
+            });
         }
     }
 }
@@ -187,6 +234,7 @@ fn decision_record(
         policy: about.policy.map(str::to_string),
         status,
         message,
+        abandoned: None,
     }
 }
 

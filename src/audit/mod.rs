@@ -15,6 +15,11 @@
 //! - `kind` is `decision` ([`DecisionRecord`] fields), `outcome` ([`OutcomeRecord`] fields) or
 //!   `recovery` ([`RecoveryRecord`] fields, written by the writer after cutting a torn tail).
 //!   Record fields follow in struct declaration order; `None` is written as `null`.
+//! - A decision record the pipeline gave up on (audit deadline passed while it was queued) is
+//!   written in its abandoned form ([`DecisionRecord::abandoned`]): `deny`, `audit_unavailable`,
+//!   503 (what the client got) plus an `abandoned` object with the original verdict. The field is
+//!   omitted on every other record. One whose bytes were already taken gets an `outcome` (503,
+//!   `audit_unavailable`) instead.
 //! - `seq` starts at 1 and increases by exactly 1; `prev` is the previous line's `hash`, or 64
 //!   zeros ([`GENESIS_PREV`]) for the first record of a fresh chain. The writer assigns `seq`,
 //!   `time` (RFC 3339 UTC, milliseconds), `prev` and `hash`. The chain runs on across rotated
@@ -71,8 +76,8 @@ pub use options::{
     check_hmac_key, AuditOptions, AuditOptionsError, FsyncObserver, KeyTooShort, MIN_HMAC_KEY_BYTES,
 };
 pub use record::{
-    Decision, DecisionRecord, DeviceRecord, OperatorRecord, OutcomeRecord, RecoveryRecord,
-    TargetRecord, MAX_PATH_BYTES,
+    AbandonedDecision, Decision, DecisionRecord, DeviceRecord, OperatorRecord, OutcomeRecord,
+    RecoveryRecord, TargetRecord, MAX_PATH_BYTES,
 };
 pub use rotation::{rotated_files, rotation_set};
 pub use search::{search, Format, Hit, SearchError, SearchFilter, SearchResult};

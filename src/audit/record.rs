@@ -67,6 +67,37 @@ pub struct DecisionRecord {
     /// HTTP status returned for a deny; `None` for an allow.
     pub status: Option<u16>,
     pub message: Option<String>,
+    /// Set only on a record the pipeline gave up on (its audit deadline passed before the writer
+    /// took it): `decision`, `reason` and `status` above then say what the client received
+    /// (`deny`, `audit_unavailable`, 503) and this keeps what had been decided. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abandoned: Option<AbandonedDecision>,
+}
+
+/// What a decision record said before the pipeline gave up waiting for it to be durable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbandonedDecision {
+    pub decision: Decision,
+    pub reason: String,
+    pub status: Option<u16>,
+}
+
+impl DecisionRecord {
+    /// The record as written once the pipeline gave up on it: it reads as the `503
+    /// audit_unavailable` denial the client received, never as what had been decided.
+    pub fn abandoned(mut self) -> DecisionRecord {
+        self.abandoned = Some(AbandonedDecision {
+            decision: self.decision,
+            reason: std::mem::take(&mut self.reason),
+            status: self.status,
+        });
+        self.decision = Decision::Deny;
+        self.reason = crate::error::Reason::AuditUnavailable.as_str().to_string();
+        self.status = Some(crate::error::Reason::AuditUnavailable.status().as_u16());
+        self.message =
+            Some("the audit record was not durable in time; nothing was forwarded".into());
+        self
+    }
 }
 
 /// What happened after an allowed request was forwarded; tied to its decision by `request_id`.

@@ -268,7 +268,17 @@ fn row(h: &Hit) -> Row {
     let (status, graph_request_id, latency_ms, error) = if kind == "recovery" {
         (String::new(), String::new(), String::new(), String::new())
     } else if r["decision"].as_str() == Some("deny") {
-        (s(&r["status"]), String::new(), String::new(), String::new())
+        // A denial whose record was still being written when passgate gave up on it carries an
+        // outcome with the 503 the client actually got.
+        match last_outcome {
+            Some(o) => (
+                s(&o["status"]),
+                String::new(),
+                String::new(),
+                s(&o["error"]),
+            ),
+            None => (s(&r["status"]), String::new(), String::new(), String::new()),
+        }
     } else {
         match last_outcome {
             Some(o) => (

@@ -45,6 +45,7 @@ fn decision(id: &str) -> DecisionRecord {
         policy: Some("helpdesk".into()),
         status: None,
         message: None,
+        abandoned: None,
     }
 }
 
@@ -818,4 +819,77 @@ fn first_line_reader_reports_complete_torn_and_empty() {
     let mut rest = String::new();
     f.read_to_string(&mut rest).unwrap();
     assert_eq!(rest, "second\n");
+}
+
+/// Finding 4: a decision the pipeline gave up on (audit deadline passed while it was queued) is
+/// written as what the client received, `503 audit_unavailable`, marked abandoned — never as
+/// the allow (or the original denial status) that had been decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_given_up_on_is_written_as_the_503_the_client_got() {
+    let (_dir, path) = tmp_log();
+    let log = AuditLog::open(&path).unwrap();
+    log.test_hooks().close_gate();
+    let mut deny = decision("gave-up-deny");
+    deny.decision = Decision::Deny;
+    deny.reason = "operator_not_approved".into();
+    deny.status = Some(403);
+    // Both wait out the real deadline together (one COMMIT_TIMEOUT of test time).
+    let (allow, denied) = tokio::join!(log.commit(decision("gave-up-allow")), async {
+        // Queue the denial after the allow so the file order is known.
+        while log
+            .test_hooks()
+            .enqueued
+            .load(std::sync::atomic::Ordering::SeqCst)
+            < 1
+        {
+            tokio::task::yield_now().await;
+        }
+        log.commit(deny).await
+    });
+    assert!(matches!(allow, Err(CommitError::Abandoned(_))), "{allow:?}");
+    assert!(
+        matches!(denied, Err(CommitError::Abandoned(_))),
+        "{denied:?}"
+    );
+    log.test_hooks().open_gate();
+    log.close();
+    verify_file(&path).unwrap();
+    let recs: Vec<serde_json::Value> = fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recs.len(), 2, "one record per request, no second decision");
+    for (r, (was, was_reason, was_status)) in recs.iter().zip([
+        ("allow", "allowed", serde_json::Value::Null),
+        ("deny", "operator_not_approved", serde_json::json!(403)),
+    ]) {
+        assert_eq!(r["decision"], "deny", "{r}");
+        assert_eq!(r["reason"], "audit_unavailable", "{r}");
+        assert_eq!(r["status"], 503, "{r}");
+        assert_eq!(r["abandoned"]["decision"], was, "{r}");
+        assert_eq!(r["abandoned"]["reason"], was_reason, "{r}");
+        assert_eq!(r["abandoned"]["status"], was_status, "{r}");
+    }
+    // What a record that was already being written gets instead: an outcome with the 503.
+    let (_dir2, path2) = tmp_log();
+    let log2 = AuditLog::open(&path2).unwrap();
+    let mut landed = decision("landed");
+    landed.decision = Decision::Deny;
+    landed.reason = "operator_not_approved".into();
+    landed.status = Some(403);
+    log2.record_decision(landed).await.unwrap();
+    log2.note_abandoned("landed");
+    while log2.stats().records_written < 2 {
+        tokio::task::yield_now().await;
+    }
+    log2.close();
+    let res = search(std::slice::from_ref(&path2), &SearchFilter::default()).unwrap();
+    let mut out = Vec::new();
+    search::render(&res, Format::Csv, &mut out).unwrap();
+    let table = String::from_utf8(out).unwrap();
+    assert!(
+        table.contains(",503,") && !table.contains(",403,"),
+        "{table}"
+    );
 }

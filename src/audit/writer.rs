@@ -121,7 +121,49 @@ impl Shared {
 struct Job {
     kind: LineKind,
     fields: String,
+    /// For a decision the caller may give up on: who wins, the writer taking it or the caller
+    /// withdrawing it, and the fields to write if the caller won.
+    ticket: Option<Arc<Ticket>>,
     reply: oneshot::Sender<Result<Committed, AuditError>>,
+}
+
+const TICKET_PENDING: u8 = 0;
+const TICKET_TAKEN: u8 = 1;
+const TICKET_ABANDONED: u8 = 2;
+
+/// The race between the writer taking a queued decision and its caller giving up on it. Exactly
+/// one side wins: the writer writes the record as submitted only if it took it first; if the
+/// caller abandoned it first, the writer writes the abandoned form (what the client received).
+pub(crate) struct Ticket {
+    state: std::sync::atomic::AtomicU8,
+    abandoned_fields: String,
+}
+
+impl Ticket {
+    /// The caller gives up. True if the writer had not taken the record yet, so it will be
+    /// written in its abandoned form; false if its bytes are already on their way as submitted.
+    pub(crate) fn abandon(&self) -> bool {
+        self.state
+            .compare_exchange(
+                TICKET_PENDING,
+                TICKET_ABANDONED,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_ok()
+    }
+
+    /// The writer takes the record; false if the caller abandoned it first.
+    fn take(&self) -> bool {
+        self.state
+            .compare_exchange(
+                TICKET_PENDING,
+                TICKET_TAKEN,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_ok()
+    }
 }
 
 struct Inner {
@@ -258,7 +300,7 @@ impl AuditLog {
         let mut rec = rec;
         crate::text::truncate_in_place(&mut rec.path, MAX_PATH_BYTES);
         let fields = record_fields(&rec)?;
-        let c = self.submit(LineKind::Decision, fields).await?;
+        let c = self.submit(LineKind::Decision, fields, None).await?;
         Ok(AuditReceipt {
             seq: c.seq,
             hash: c.hash,
@@ -266,13 +308,52 @@ impl AuditLog {
         })
     }
 
+    /// Like [`AuditLog::record_decision`], with a [`Ticket`] the caller can use to abandon the
+    /// record while it is still queued: it is then written as [`DecisionRecord::abandoned`].
+    pub(crate) fn record_decision_abandonable(
+        &self,
+        rec: DecisionRecord,
+    ) -> Result<
+        (
+            Arc<Ticket>,
+            impl std::future::Future<Output = Result<AuditReceipt, AuditError>> + '_,
+        ),
+        AuditError,
+    > {
+        let mut rec = rec;
+        crate::text::truncate_in_place(&mut rec.path, MAX_PATH_BYTES);
+        let fields = record_fields(&rec)?;
+        let ticket = Arc::new(Ticket {
+            state: std::sync::atomic::AtomicU8::new(TICKET_PENDING),
+            abandoned_fields: record_fields(&rec.clone().abandoned())?,
+        });
+        let t = ticket.clone();
+        let request_id = rec.request_id;
+        let fut = async move {
+            let c = self.submit(LineKind::Decision, fields, Some(t)).await?;
+            Ok(AuditReceipt {
+                seq: c.seq,
+                hash: c.hash,
+                request_id,
+            })
+        };
+        Ok((ticket, fut))
+    }
+
     /// Appends the outcome record tied to a decision (same request_id); also durable.
     pub async fn record_outcome(&self, rec: OutcomeRecord) -> Result<(), AuditError> {
         let fields = record_fields(&rec)?;
-        self.submit(LineKind::Outcome, fields).await.map(|_| ())
+        self.submit(LineKind::Outcome, fields, None)
+            .await
+            .map(|_| ())
     }
 
-    async fn submit(&self, kind: LineKind, fields: String) -> Result<Committed, AuditError> {
+    async fn submit(
+        &self,
+        kind: LineKind,
+        fields: String,
+        ticket: Option<Arc<Ticket>>,
+    ) -> Result<Committed, AuditError> {
         let (reply, answer) = oneshot::channel();
         {
             let tx = self.inner.tx.read().unwrap_or_else(PoisonError::into_inner);
@@ -280,6 +361,7 @@ impl AuditLog {
             tx.send(Job {
                 kind,
                 fields,
+                ticket,
                 reply,
             })
             .map_err(|_| AuditError::Closed)?;
@@ -413,8 +495,15 @@ fn run_writer(mut chain: Chain, rx: mpsc::Receiver<Job>, shared: Arc<Shared>) {
                 Err(_) => break,
             }
         }
-        let entries: Vec<(LineKind, &str)> =
-            batch.iter().map(|j| (j.kind, j.fields.as_str())).collect();
+        // Take each abandonable record now, just before its bytes are written: one its caller
+        // gave up on is written in its abandoned form, never as submitted.
+        let entries: Vec<(LineKind, &str)> = batch
+            .iter()
+            .map(|j| match &j.ticket {
+                Some(t) if !t.take() => (j.kind, t.abandoned_fields.as_str()),
+                _ => (j.kind, j.fields.as_str()),
+            })
+            .collect();
         match chain.commit(&entries, &shared) {
             Ok(done) => {
                 for (job, c) in batch.into_iter().zip(done) {

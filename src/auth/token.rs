@@ -202,6 +202,62 @@ fn numeric(claims: &Map<String, Value>, k: &str) -> Result<Option<i64>, AuthErro
     }
 }
 
+fn ambiguous(msg: &str) -> AuthError {
+    AuthError::new(Reason::TokenKindAmbiguous, msg)
+}
+
+/// User or app, by Entra's documented signals, in v1 and v2 alike: a delegated (user) token
+/// carries `scp` and a pairwise `sub` that is never the `oid`; an app-only token carries no `scp`,
+/// its `sub` is its service principal's `oid`, and it holds its permissions in `roles`. `idtyp`
+/// (`user` / `app`), when present, must agree. Any combination that fits neither is refused:
+/// a user's token must never be taken for an app's (and so skip `required_scope`).
+fn classify(
+    claims: &Map<String, Value>,
+    oid: &str,
+    roles: &[String],
+) -> Result<OperatorKind, AuthError> {
+    let idtyp = match claims.get("idtyp") {
+        None => None,
+        Some(Value::String(t)) if t == "user" => Some(OperatorKind::User),
+        Some(Value::String(t)) if t == "app" => Some(OperatorKind::App),
+        Some(_) => return Err(ambiguous("token has an unrecognised idtyp claim")),
+    };
+    let sub = claim_str(claims, "sub")
+        .ok_or_else(|| AuthError::new(Reason::TokenMissingClaim, "token has no sub claim"))?;
+    let sub_is_oid = crate::text::guid(sub).is_some_and(|s| s == oid);
+    let has_scp = match claims.get("scp") {
+        None => false,
+        Some(Value::String(_)) => true,
+        Some(_) => return Err(malformed("the scp claim is not a string")),
+    };
+    if has_scp {
+        if idtyp == Some(OperatorKind::App) {
+            return Err(ambiguous("token carries scp but says idtyp app"));
+        }
+        if sub_is_oid {
+            return Err(ambiguous(
+                "token carries scp but its sub is its oid, as only app-only tokens have",
+            ));
+        }
+        return Ok(OperatorKind::User);
+    }
+    if roles.is_empty() {
+        return Err(AuthError::new(
+            Reason::TokenMissingClaim,
+            "token carries neither scp nor roles: not an access token for passgate",
+        ));
+    }
+    if idtyp == Some(OperatorKind::User) {
+        return Err(ambiguous("a user token (idtyp user) without scp"));
+    }
+    if !sub_is_oid {
+        return Err(ambiguous(
+            "token carries no scp but is not app-only (its sub is not its oid)",
+        ));
+    }
+    Ok(OperatorKind::App)
+}
+
 /// Checks a verified token's claims and builds the [`Operator`].
 pub fn check_claims(
     claims: &Map<String, Value>,
@@ -288,18 +344,7 @@ pub fn check_claims(
             "token names no client application (azp/appid): not an access token",
         ));
     }
-    // Delegated tokens carry `scp`; app-only tokens carry `roles` (and `idtyp: app`). A token
-    // with neither is not an access token for passgate's API.
-    let kind = if claims.contains_key("scp") {
-        OperatorKind::User
-    } else if claim_str(claims, "idtyp") == Some("app") || !roles.is_empty() {
-        OperatorKind::App
-    } else {
-        return Err(AuthError::new(
-            Reason::TokenMissingClaim,
-            "token carries neither scp nor roles: not an access token for passgate",
-        ));
-    };
+    let kind = classify(claims, &oid, &roles)?;
     if let (OperatorKind::User, Some(req)) = (kind, &rules.required_scope) {
         if !scopes.iter().any(|s| s == req) {
             return Err(AuthError::new(
@@ -368,7 +413,7 @@ mod tests {
         json!({"ver":"2.0","iss":format!("https://login.microsoftonline.com/{TID}/v2.0"),
                "tid":TID,"oid":OID,"aud":"c0ffee00-0000-0000-0000-000000000001",
                "exp":2000,"nbf":1000,"scp":"RecoverPasscode.Request","groups":["G1"],
-               "preferred_username":"alice@contoso.com","azp":"client"})
+               "preferred_username":"alice@contoso.com","azp":"client","sub":"pairwise-sub-of-alice"})
         .as_object()
         .unwrap()
         .clone()
@@ -473,6 +518,7 @@ mod tests {
         let mut app = v2();
         app.remove("scp");
         app.insert("roles".into(), json!(["PassGate.RecoverPasscode"]));
+        app.insert("sub".into(), json!(OID));
         let op = check_claims(&app, &r, 1500).unwrap();
         assert_eq!(op.kind, OperatorKind::App);
     }
@@ -499,6 +545,97 @@ mod tests {
         assert_eq!(reason(&v1, 1500), Reason::TokenMissingClaim);
         v1.insert("appid".into(), json!("client"));
         assert!(check_claims(&v1, &rules(), 1500).is_ok());
+    }
+
+    /// Finding 3: every combination of `scp` / `roles` / `idtyp` / client claim (`azp`,
+    /// `appid`) / `sub` (pairwise or the oid), for v1 and v2 tokens. Only a token whose signals
+    /// agree is classified; a user's token is never taken for an app's.
+    #[test]
+    fn every_combination_of_type_signals_is_classified_or_refused() {
+        let mut r = rules();
+        r.required_scope = Some("RecoverPasscode.Request".into());
+        let mut seen = 0;
+        for ver in ["1.0", "2.0"] {
+            for scp in [false, true] {
+                for roles in [false, true] {
+                    for idtyp in [None, Some("user"), Some("app"), Some("device")] {
+                        for (azp, appid) in
+                            [(false, false), (true, false), (false, true), (true, true)]
+                        {
+                            for sub_is_oid in [false, true] {
+                                let mut c = v2();
+                                c.remove("scp");
+                                c.remove("azp");
+                                c.insert("ver".into(), json!(ver));
+                                if ver == "1.0" {
+                                    c.insert(
+                                        "iss".into(),
+                                        json!(format!("https://sts.windows.net/{TID}/")),
+                                    );
+                                }
+                                if scp {
+                                    c.insert("scp".into(), json!("RecoverPasscode.Request"));
+                                }
+                                if roles {
+                                    c.insert("roles".into(), json!(["PassGate.RecoverPasscode"]));
+                                }
+                                if let Some(t) = idtyp {
+                                    c.insert("idtyp".into(), json!(t));
+                                }
+                                if azp {
+                                    c.insert("azp".into(), json!("client"));
+                                }
+                                if appid {
+                                    c.insert("appid".into(), json!("client"));
+                                }
+                                if sub_is_oid {
+                                    c.insert("sub".into(), json!(OID.to_uppercase()));
+                                }
+                                let names_client = if ver == "1.0" { appid } else { azp };
+                                let expected: Result<OperatorKind, Reason> = if !names_client {
+                                    Err(Reason::TokenMissingClaim)
+                                } else if idtyp == Some("device") {
+                                    Err(Reason::TokenKindAmbiguous)
+                                } else if scp {
+                                    if idtyp == Some("app") || sub_is_oid {
+                                        Err(Reason::TokenKindAmbiguous)
+                                    } else {
+                                        Ok(OperatorKind::User)
+                                    }
+                                } else if !roles {
+                                    Err(Reason::TokenMissingClaim)
+                                } else if idtyp == Some("user") || !sub_is_oid {
+                                    Err(Reason::TokenKindAmbiguous)
+                                } else {
+                                    Ok(OperatorKind::App)
+                                };
+                                let got = check_claims(&c, &r, 1500)
+                                    .map(|o| o.kind)
+                                    .map_err(|e| e.reason);
+                                assert_eq!(
+                                    got, expected,
+                                    "ver {ver} scp {scp} roles {roles} idtyp {idtyp:?} azp {azp} appid {appid} sub_is_oid {sub_is_oid}"
+                                );
+                                seen += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(seen, 2 * 2 * 2 * 4 * 4 * 2);
+        // The reported attack: a delegated user token with roles and no scp.
+        let mut user_with_roles = v2();
+        user_with_roles.remove("scp");
+        user_with_roles.insert("roles".into(), json!(["PassGate.RecoverPasscode"]));
+        user_with_roles.insert("idtyp".into(), json!("user"));
+        assert_eq!(reason(&user_with_roles, 1500), Reason::TokenKindAmbiguous);
+        user_with_roles.remove("idtyp");
+        assert_eq!(reason(&user_with_roles, 1500), Reason::TokenKindAmbiguous);
+        // Without sub at all: not an Entra access token.
+        let mut no_sub = v2();
+        no_sub.remove("sub");
+        assert_eq!(reason(&no_sub, 1500), Reason::TokenMissingClaim);
     }
 
     #[test]

@@ -24,6 +24,15 @@ pub enum CidrError {
 }
 
 impl Cidr {
+    /// The prefix length in bits (0 matches every address of its family).
+    pub fn prefix_len(&self) -> u8 {
+        self.prefix
+    }
+
+    pub fn is_ipv4(&self) -> bool {
+        self.addr.is_ipv4()
+    }
+
     /// Parses `addr/prefix` or a bare address. Host bits past the prefix are refused: `10.1.2.3/8`
     /// is more likely a typo than an intent, and a typo here widens who may spoof client addresses.
     pub fn parse(s: &str) -> Result<Cidr, CidrError> {

@@ -142,7 +142,24 @@ struct Validator<'a> {
 type R<T> = Result<T, ConfigError>;
 
 const ALGORITHMS: [&str; 6] = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"];
-const MAX_LEEWAY_SECONDS: u64 = 600;
+const MAX_LEEWAY_SECONDS: u64 = 300;
+/// Longest device-facts cache TTL: a device removed from its group must stop being recoverable
+/// within this long.
+pub const MAX_FACTS_CACHE_TTL_SECONDS: u64 = 3600;
+/// Shortest JWKS max age: below it, every unauthenticated request can make passgate fetch keys.
+pub const MIN_JWKS_MAX_AGE_SECONDS: u64 = 60;
+/// JOSE `typ` values an Entra access token can carry.
+const TOKEN_TYPES: [&str; 3] = ["JWT", "at+jwt", "application/at+jwt"];
+/// Microsoft Graph's own app id and resource URIs (all clouds): a token for Graph is not a token
+/// for passgate, and accepting one would let any Graph token an operator holds act at passgate.
+const GRAPH_AUDIENCES: [&str; 6] = [
+    "00000003-0000-0000-c000-000000000000",
+    "https://graph.microsoft.com",
+    "https://graph.microsoft.us",
+    "https://dod-graph.microsoft.us",
+    "https://microsoftgraph.chinacloudapi.cn",
+    "https://canary.graph.microsoft.com",
+];
 const MAX_WINDOW: Duration = Duration::from_secs(31 * 86_400);
 
 impl Validator<'_> {
@@ -244,6 +261,28 @@ impl Validator<'_> {
             "the JSON Lines audit file, e.g. /var/lib/passgate/audit.jsonl",
         )?;
         self.audit_rotation(&raw.audit)?;
+        if let Err((message, hint)) = parse_rate(&raw.graph.facts_lookups_per_operator) {
+            return Err(self.err(
+                &root.key("graph").key("facts_lookups_per_operator"),
+                true,
+                message,
+                &hint,
+            ));
+        }
+        if !(1..=1_000_000).contains(&raw.graph.facts_cache_max_entries) {
+            return Err(self.err(
+                &root.key("graph").key("facts_cache_max_entries"),
+                true,
+                format!(
+                    "{} is outside 1..=1000000",
+                    raw.graph.facts_cache_max_entries
+                ),
+                "the default is 10000",
+            ));
+        }
+        if raw.graph.facts_cache_ttl_seconds > MAX_FACTS_CACHE_TTL_SECONDS {
+            return Err(self.err(&root.key("graph").key("facts_cache_ttl_seconds"), true, format!("{} s is more than the {MAX_FACTS_CACHE_TTL_SECONDS} s allowed", raw.graph.facts_cache_ttl_seconds), "a device removed from its group stays recoverable for this long; the default is 300"));
+        }
 
         let policies = self.policies(&raw.policies)?;
         let state = match &raw.state {
@@ -391,6 +430,10 @@ impl Validator<'_> {
                 "an Application (client) ID or Application ID URI",
             )?;
             let a = a.trim();
+            let bare = a.trim_end_matches('/').to_ascii_lowercase();
+            if GRAPH_AUDIENCES.contains(&bare.as_str()) {
+                return Err(self.err(&ap.index(i), true, format!("`{a}` is Microsoft Graph itself, not passgate's API"), "a token for Graph would then be accepted as an operator token; list passgate API's own Application (client) ID or Application ID URI"));
+            }
             audiences.push(crate::text::guid(a).unwrap_or_else(|| a.to_string()));
         }
 
@@ -460,11 +503,20 @@ impl Validator<'_> {
         let mut token_types = Vec::new();
         for (i, t) in oa.token_types.iter().enumerate() {
             self.non_empty(&tp.index(i), t, "a JOSE `typ` value such as JWT or at+jwt")?;
-            token_types.push(t.trim().to_string());
+            let Some(known) = TOKEN_TYPES
+                .iter()
+                .find(|k| k.eq_ignore_ascii_case(t.trim()))
+            else {
+                return Err(self.err(&tp.index(i), true, format!("`{}` is not a type an Entra access token carries", t.trim()), "Entra ID access tokens carry `typ: JWT`; the allowed values are JWT, at+jwt and application/at+jwt"));
+            };
+            token_types.push(known.to_string());
         }
 
         if oa.leeway_seconds > MAX_LEEWAY_SECONDS {
             return Err(self.err(&p.key("leeway_seconds"), true, format!("{} s of clock skew is more than the {MAX_LEEWAY_SECONDS} s allowed", oa.leeway_seconds), "leeway lets expired tokens through; fix the clock (NTP) instead. The default is 60"));
+        }
+        if oa.jwks_max_age_seconds < MIN_JWKS_MAX_AGE_SECONDS {
+            return Err(self.err(&p.key("jwks_max_age_seconds"), true, format!("{} s is below the {MIN_JWKS_MAX_AGE_SECONDS} s minimum", oa.jwks_max_age_seconds), "a short max age lets every unauthenticated request make passgate fetch Entra's keys; the default is 86400"));
         }
         let required_scope = match &oa.required_scope {
             Some(s) => {
@@ -756,6 +808,16 @@ impl Validator<'_> {
             l.idle_timeout_seconds,
             "seconds an idle connection is kept open; the default is 60",
         )?;
+        let write_timeout = positive(
+            "write_timeout_seconds",
+            l.write_timeout_seconds,
+            "seconds a response write may make no progress before the connection is closed; the default is 10",
+        )?;
+        let max_connection_age = positive(
+            "max_connection_age_seconds",
+            l.max_connection_age_seconds,
+            "seconds after which a connection is closed at its next idle moment; the default is 300",
+        )?;
         // hyper refuses (panics on) a read buffer below 8 KiB; 16 MiB is far past any real head.
         if !(8192..=16 * 1024 * 1024).contains(&l.max_header_bytes) {
             return Err(self.err(
@@ -799,6 +861,9 @@ impl Validator<'_> {
                     "write the reverse proxy's address or network, e.g. `10.0.0.5` or `10.0.0.0/24`",
                 )
             })?;
+            if cidr.prefix_len() == 0 {
+                return Err(self.err(&server.key("trusted_proxies").index(i), true, format!("`{}` trusts every address", c.trim()), "then any client can name any client address in X-Forwarded-For (and so escape per-client limits and fake the audit trail); list only the reverse proxies' own addresses"));
+            }
             trusted_proxies.push(cidr);
         }
         Ok(ServerSettings {
@@ -810,6 +875,8 @@ impl Validator<'_> {
             max_connections: l.max_connections,
             idle_timeout,
             h2_max_concurrent_streams: l.h2_max_concurrent_streams,
+            write_timeout,
+            max_connection_age,
             tls_reload_interval: reload,
             trusted_proxies,
         })

@@ -475,7 +475,7 @@ fn operator_auth_lists_are_checked() {
     let e = err(&oa("token_types: []"));
     check(&e, "no token type", None);
     let e = err(&oa("leeway_seconds: 3600"));
-    check(&e, "more than the 600 s allowed", Some((7, 19)));
+    check(&e, "more than the 300 s allowed", Some((7, 19)));
     let e = err(&oa("required_scope: \"a b\""));
     check(&e, "one scope name", None);
     let s = ok(&oa("required_scope: Passgate.Recover"));
@@ -805,7 +805,11 @@ fn trusted_proxies_are_cidrs() {
 #[test]
 fn summary_warns_about_plaintext_off_loopback() {
     let out = crate::config::summary(&ok(BASE));
-    assert!(!out.contains("WARNING"), "{out}");
+    assert!(
+        !out.lines()
+            .any(|l| l.starts_with("WARNING") && l.contains("plain HTTP")),
+        "{out}"
+    );
     let out = crate::config::summary(&ok(&with("127.0.0.1:8443", "0.0.0.0:8443")));
     assert!(
         out.lines()
@@ -817,7 +821,11 @@ fn summary_warns_about_plaintext_off_loopback() {
         "  tls:\n    cert_file: /c.pem\n    key_file: /k.pem\n  trusted_proxies: [\"10.0.0.0/8\"]\n",
     );
     let out = crate::config::summary(&ok(&text));
-    assert!(!out.contains("WARNING"), "{out}");
+    assert!(
+        !out.lines()
+            .any(|l| l.starts_with("WARNING") && l.contains("plain HTTP")),
+        "{out}"
+    );
     assert!(
         out.contains("X-Forwarded-For trusted from 10.0.0.0/8"),
         "{out}"
@@ -909,4 +917,113 @@ fn state_redis_is_validated_where_it_is_written() {
         s.state.and_then(|r| r.sentinel).map(|s| s.nodes.len()),
         Some(2)
     );
+}
+
+/// Finding 5: each unsafe setting `check` used to accept without a word is now refused with a
+/// bound or named in a WARNING with its reason.
+#[test]
+fn unsafe_settings_are_bounded_or_warned() {
+    let oa = |extra: &str| {
+        with(
+            "  audiences: [\"api://passgate\"]\n",
+            &format!(
+                "  audiences: [\"api://passgate\"]\n  required_scope: Passgate.Recover\n{extra}"
+            ),
+        )
+    };
+    // Bounds (errors).
+    for (text, key) in [
+        (
+            oa("  jwks_refresh_floor_seconds: 0\n  jwks_max_age_seconds: 0\n"),
+            "operator_auth.jwks_max_age_seconds",
+        ),
+        (
+            oa("  leeway_seconds: 600\n"),
+            "operator_auth.leeway_seconds",
+        ),
+        (
+            oa("  token_types: [JWT, anything]\n"),
+            "operator_auth.token_types[1]",
+        ),
+        (
+            with(
+                "  audiences: [\"api://passgate\"]\n",
+                "  audiences: [\"api://passgate\", \"https://graph.microsoft.com/\"]\n",
+            ),
+            "operator_auth.audiences[1]",
+        ),
+        (
+            with(
+                "  audiences: [\"api://passgate\"]\n",
+                "  audiences: [\"00000003-0000-0000-c000-000000000000\"]\n",
+            ),
+            "operator_auth.audiences[0]",
+        ),
+        (
+            format!("{}graph:\n  facts_cache_ttl_seconds: 31536000\n", oa("")),
+            "graph.facts_cache_ttl_seconds",
+        ),
+        (
+            oa("").replace(
+                "  plaintext: true\n",
+                "  plaintext: true\n  trusted_proxies: [\"0.0.0.0/0\"]\n",
+            ),
+            "server.trusted_proxies[0]",
+        ),
+        (
+            oa("").replace(
+                "  plaintext: true\n",
+                "  plaintext: true\n  trusted_proxies: [\"::/0\"]\n",
+            ),
+            "server.trusted_proxies[0]",
+        ),
+    ] {
+        let e = err(&text);
+        check(&e, key, None);
+    }
+    // Warnings, each with its key; a clean config has none.
+    let warned = |text: &str| -> Vec<String> {
+        crate::config::warnings(&ok(text))
+            .into_iter()
+            .map(|w| w.key)
+            .collect()
+    };
+    assert_eq!(warned(&oa("")), Vec::<String>::new());
+    assert_eq!(warned(BASE), ["operator_auth.required_scope"]);
+    assert_eq!(
+        warned(&oa("  jwks_refresh_floor_seconds: 0\n")),
+        ["operator_auth.jwks_refresh_floor_seconds"]
+    );
+    assert_eq!(
+        warned(&oa("  leeway_seconds: 300\n")),
+        ["operator_auth.leeway_seconds"]
+    );
+    assert_eq!(
+        warned(&format!(
+            "{}graph:\n  facts_cache_ttl_seconds: 3600\n",
+            oa("")
+        )),
+        ["graph.facts_cache_ttl_seconds"]
+    );
+    assert_eq!(
+        warned(&oa("").replace(
+            "  plaintext: true\n",
+            "  plaintext: true\n  trusted_proxies: [\"10.0.0.0/8\"]\n"
+        )),
+        ["server.trusted_proxies"]
+    );
+    let admin = format!("{}admin:\n  listen: \"0.0.0.0:9090\"\n", oa(""));
+    assert_eq!(warned(&admin), ["admin.listen"]);
+    let out = crate::config::summary(&ok(&admin));
+    assert!(
+        out.contains("admin         0.0.0.0:9090"),
+        "admin shown: {out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("WARNING") && l.contains("admin.listen")),
+        "{out}"
+    );
+    let unlimited = format!("{}{SECOND}", oa(""));
+    assert_eq!(warned(&unlimited), ["policies.second"]);
 }

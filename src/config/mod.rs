@@ -9,9 +9,11 @@ pub mod schema;
 pub mod secret;
 pub mod settings;
 pub mod summary;
+pub mod warnings;
 
 pub use load::{load_file, load_str, parse_rate, ConfigError};
 pub use schema::*;
 pub use secret::{Secret, SecretError};
 pub use settings::{Endpoints, OperatorAuthSettings, ServerSettings, Settings};
 pub use summary::summary;
+pub use warnings::{warnings, Warning};

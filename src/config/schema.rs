@@ -144,6 +144,13 @@ pub struct ServerLimitsConfig {
     /// Concurrent HTTP/2 streams per connection. Default 16.
     #[serde(default = "default_h2_streams")]
     pub h2_max_concurrent_streams: u32,
+    /// A response write that makes no progress for this long closes the connection (a client
+    /// that does not read its answers). Default 10.
+    #[serde(default = "default_write_timeout")]
+    pub write_timeout_seconds: u64,
+    /// A connection is closed at its next idle moment once it is this old. Default 300.
+    #[serde(default = "default_max_connection_age")]
+    pub max_connection_age_seconds: u64,
 }
 
 impl Default for ServerLimitsConfig {
@@ -156,6 +163,8 @@ impl Default for ServerLimitsConfig {
             max_connections: default_max_connections(),
             idle_timeout_seconds: default_idle_timeout(),
             h2_max_concurrent_streams: default_h2_streams(),
+            write_timeout_seconds: default_write_timeout(),
+            max_connection_age_seconds: default_max_connection_age(),
         }
     }
 }
@@ -178,8 +187,20 @@ fn default_max_connections() -> usize {
 fn default_idle_timeout() -> u64 {
     60
 }
+fn default_facts_max_entries() -> usize {
+    10_000
+}
+fn default_facts_lookups() -> String {
+    "60 per 1m".into()
+}
 fn default_h2_streams() -> u32 {
     16
+}
+fn default_write_timeout() -> u64 {
+    10
+}
+fn default_max_connection_age() -> u64 {
+    300
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -343,6 +364,13 @@ pub struct GraphConfig {
     /// How long device facts are cached, seconds. Default 300. 0 disables caching.
     #[serde(default = "default_facts_ttl")]
     pub facts_cache_ttl_seconds: u64,
+    /// Most device-facts cache entries kept. Default 10000.
+    #[serde(default = "default_facts_max_entries")]
+    pub facts_cache_max_entries: usize,
+    /// Device lookups (with the app token) each operator may cause, as `N per DURATION`.
+    /// Default `60 per 1m`.
+    #[serde(default = "default_facts_lookups")]
+    pub facts_lookups_per_operator: String,
     /// Refresh the app token this many seconds before it expires. Default 300.
     #[serde(default = "default_refresh_ahead")]
     pub token_refresh_ahead_seconds: u64,
@@ -354,6 +382,8 @@ impl Default for GraphConfig {
             action_timeout_seconds: default_action_timeout(),
             read_timeout_seconds: default_read_timeout(),
             facts_cache_ttl_seconds: default_facts_ttl(),
+            facts_cache_max_entries: default_facts_max_entries(),
+            facts_lookups_per_operator: default_facts_lookups(),
             token_refresh_ahead_seconds: default_refresh_ahead(),
         }
     }

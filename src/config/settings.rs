@@ -75,6 +75,10 @@ pub struct ServerSettings {
     pub max_connections: usize,
     pub idle_timeout: Duration,
     pub h2_max_concurrent_streams: u32,
+    /// A stalled response write closes the connection after this long.
+    pub write_timeout: Duration,
+    /// Connections are closed at their next idle moment past this age.
+    pub max_connection_age: Duration,
     /// How often TLS files are re-read.
     pub tls_reload_interval: Duration,
     pub trusted_proxies: Vec<crate::config::cidr::Cidr>,
@@ -93,6 +97,8 @@ impl Default for ServerSettings {
             max_connections: l.max_connections,
             idle_timeout: Duration::from_secs(l.idle_timeout_seconds),
             h2_max_concurrent_streams: l.h2_max_concurrent_streams,
+            write_timeout: Duration::from_secs(l.write_timeout_seconds),
+            max_connection_age: Duration::from_secs(l.max_connection_age_seconds),
             tls_reload_interval: Duration::from_secs(10),
             trusted_proxies: Vec::new(),
         }

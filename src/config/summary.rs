@@ -34,15 +34,9 @@ fn write_summary(o: &mut String, s: &Settings) -> std::fmt::Result {
         None => "plain HTTP (no TLS)".into(),
     };
     writeln!(o, "listen        {} — {tls}", s.listen)?;
-    let loopback = s
-        .listen
-        .parse::<std::net::SocketAddr>()
-        .is_ok_and(|a| a.ip().is_loopback());
-    if s.tls.is_none() && !loopback {
-        writeln!(
-            o,
-            "WARNING       plain HTTP on a non-loopback address: operator tokens cross the network unencrypted"
-        )?;
+    match &s.admin_listen {
+        Some(a) => writeln!(o, "admin         {a} (HTTP without TLS or authentication)")?,
+        None => writeln!(o, "admin         disabled")?,
     }
     if !s.server.trusted_proxies.is_empty() {
         let p: Vec<String> = s
@@ -134,6 +128,9 @@ fn write_summary(o: &mut String, s: &Settings) -> std::fmt::Result {
     writeln!(o, "policies      {} (first match wins)", s.policies.len())?;
     for (i, p) in s.policies.iter().enumerate() {
         write_policy(o, i + 1, p)?;
+    }
+    for w in super::warnings::warnings(s) {
+        writeln!(o, "WARNING       {w}")?;
     }
     Ok(())
 }

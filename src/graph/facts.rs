@@ -37,6 +37,10 @@ pub enum FactsError {
     /// facts or (with facts cached) for the action.
     #[error("app token unavailable for the device facts")]
     AppToken(#[source] TokenError),
+    /// The operator has used up their device-lookup budget (`graph.facts_lookups_per_operator`);
+    /// nothing was asked of Graph.
+    #[error("device lookup budget spent; retry in {retry_after:?}")]
+    Budget { retry_after: Duration },
 }
 
 /// The cause of [`FactsError::Unavailable`].
@@ -83,7 +87,16 @@ pub struct FactsClient {
     ttl: Duration,
     cache: Mutex<HashMap<(String, String), (Instant, Slot)>>,
     stats: Mutex<FactsStats>,
+    /// Most cache entries kept, expired or not: the oldest go first past it.
+    max_entries: usize,
+    /// Per-operator lookup budget: at most `.0` lookups per `.1`, counted per operator oid.
+    budget: Option<(u32, Duration)>,
+    /// oid → (window start, lookups in it).
+    spent: Mutex<HashMap<String, (Instant, u32)>>,
 }
+
+/// Default bound on facts cache entries.
+pub const DEFAULT_FACTS_CACHE_MAX_ENTRIES: usize = 10_000;
 
 impl FactsClient {
     pub fn new(
@@ -101,7 +114,61 @@ impl FactsClient {
             ttl,
             cache: Mutex::new(HashMap::new()),
             stats: Mutex::new(FactsStats::default()),
+            max_entries: DEFAULT_FACTS_CACHE_MAX_ENTRIES,
+            budget: None,
+            spent: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Bounds the cache to `n` entries (at least 1).
+    pub fn with_max_entries(mut self, n: usize) -> FactsClient {
+        self.max_entries = n.max(1);
+        self
+    }
+
+    /// Each operator may look up at most `limit` devices per `window` (cache hits and lookups
+    /// that end in a denial count too): one approved operator cannot spend the app's Graph
+    /// throttling budget for everyone.
+    pub fn with_operator_budget(mut self, limit: u32, window: Duration) -> FactsClient {
+        self.budget = Some((limit, window));
+        self
+    }
+
+    /// Counts one lookup for `oid`; `Err` with the wait if the budget is spent.
+    fn spend(&self, oid: &str) -> Result<(), FactsError> {
+        let Some((limit, window)) = self.budget else {
+            return Ok(());
+        };
+        let mut spent = self
+            .spent
+            .lock()
+            .map_err(|_| FactsFailure::Poisoned.at("budget"))?;
+        let now = Instant::now();
+        if spent.len() > self.max_entries {
+            spent.retain(|_, (start, _)| now.duration_since(*start) < window);
+        }
+        let entry = spent.entry(oid.to_string()).or_insert((now, 0));
+        if now.duration_since(entry.0) >= window {
+            *entry = (now, 0);
+        }
+        if entry.1 >= limit {
+            return Err(FactsError::Budget {
+                retry_after: window.saturating_sub(now.duration_since(entry.0)),
+            });
+        }
+        entry.1 += 1;
+        Ok(())
+    }
+
+    /// [`FactsClient::facts`] on behalf of the operator `oid`, within their lookup budget.
+    pub async fn facts_for(
+        &self,
+        oid: &str,
+        managed_device_id: &str,
+        groups: &[String],
+    ) -> Result<DeviceFacts, FactsError> {
+        self.spend(oid)?;
+        self.facts(managed_device_id, groups).await
     }
 
     pub fn stats(&self) -> FactsStats {
@@ -121,8 +188,8 @@ impl FactsClient {
                 .lock()
                 .map_err(|_| FactsFailure::Poisoned.at("cache"))?;
             let now = Instant::now();
-            if cache.len() > 10_000 {
-                cache.retain(|_, (t, _)| now.duration_since(*t) < self.ttl);
+            if !cache.contains_key(&key) {
+                make_room(&mut cache, now, self.ttl, self.max_entries);
             }
             match cache.get(&key) {
                 Some((t, slot)) if now.duration_since(*t) < self.ttl => (slot.clone(), true),
@@ -263,5 +330,50 @@ impl FactsClient {
         }
         facts.device_object_id = Some(object_id);
         Ok(facts)
+    }
+}
+
+/// Makes room for one more entry: expired entries go first, then the oldest live ones, so the
+/// cache never holds more than `max` entries whatever the TTL.
+fn make_room<K: Clone + Eq + std::hash::Hash, V>(
+    cache: &mut HashMap<K, (Instant, V)>,
+    now: Instant,
+    ttl: Duration,
+    max: usize,
+) {
+    if cache.len() >= max {
+        cache.retain(|_, (t, _)| now.duration_since(*t) < ttl);
+    }
+    while cache.len() >= max {
+        let oldest = cache
+            .iter()
+            .min_by_key(|(_, (t, _))| *t)
+            .map(|(k, _)| k.clone());
+        match oldest {
+            Some(k) => {
+                cache.remove(&k);
+            }
+            None => break,
+        }
+    }
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use super::*;
+
+    /// Finding 6: the cache is bounded by size as well as time, even when every entry is live
+    /// (the old code shed only expired entries, and only past 10,000).
+    #[test]
+    fn the_cache_never_outgrows_its_bound() {
+        let mut cache: HashMap<String, (Instant, ())> = HashMap::new();
+        let t0 = Instant::now();
+        for i in 0..50u64 {
+            let now = t0 + Duration::from_millis(i);
+            make_room(&mut cache, now, Duration::from_secs(3600), 8);
+            cache.insert(format!("dev-{i}"), (now, ()));
+            assert!(cache.len() <= 8);
+        }
+        assert!(cache.contains_key("dev-49") && !cache.contains_key("dev-0"));
     }
 }

@@ -18,6 +18,9 @@ pub(super) struct Refusal {
     pub message: String,
     pub headers: HeaderMap,
     pub known: Known,
+    /// The request's decision record is already in the log (or on its way), saying what the
+    /// client gets: `refuse` answers without queueing another.
+    pub recorded: bool,
 }
 
 impl Refusal {
@@ -28,6 +31,7 @@ impl Refusal {
             message: message.into(),
             headers: HeaderMap::new(),
             known,
+            recorded: false,
         })
     }
 
@@ -75,6 +79,9 @@ pub(super) fn upstream(up: Upstream, rate: Option<&RateInfo>) -> Response<Full<B
     resp
 }
 
+/// Longest `error.message` in an answer, in bytes.
+const MAX_ERROR_MESSAGE_BYTES: usize = 512;
+
 /// A Graph-shaped error with passgate's reason code as `error.code`.
 pub(super) fn error(
     inbound: &Inbound,
@@ -82,6 +89,8 @@ pub(super) fn error(
     message: &str,
     extra: HeaderMap,
 ) -> Response<Full<Bytes>> {
+    // Messages may quote what the client sent: never more than this much of it comes back.
+    let message = crate::text::truncated(message, MAX_ERROR_MESSAGE_BYTES);
     let body = graph_error_json(
         reason.as_str(),
         message,

@@ -307,7 +307,9 @@ fn device_failure(p: &PolicySettings, device: &str, f: &DeviceFacts) -> Option<(
                 Denial::new(
                     Reason::PlatformNotAllowed,
                     format!(
-                        "policy '{name}' allows only the platforms {}; managed device {device} runs '{os}'",
+                        // The device's own platform is not named: an operator must not learn
+                        // facts of devices they may not recover (it is in the audit record).
+                        "policy '{name}' allows only the platforms {}; managed device {device} is not one of them",
                         platforms.join(", ")
                     ),
                     Some(name),
@@ -652,8 +654,9 @@ pub(crate) mod tests {
         )
         .unwrap_err();
         assert_eq!(e.reason, Reason::PlatformNotAllowed);
+        // Finding 6: the answer names the allowed platforms, never the device's own.
         assert!(
-            e.message.contains("Windows Phone") && e.message.contains("'iOS'"),
+            e.message.contains("Windows Phone") && !e.message.contains("iOS"),
             "{}",
             e.message
         );

@@ -76,7 +76,13 @@ pub(crate) fn operator_claims(
     if is_user {
         c.insert("scp".into(), json!(OPERATOR_SCOPE));
     }
-    c.insert("sub".into(), json!(pairwise_sub(&op.oid, &t.api_client_id)));
+    // Entra: a user's `sub` is pairwise; an app-only token's `sub` is its service principal's oid.
+    let sub = if is_user {
+        pairwise_sub(&op.oid, &t.api_client_id)
+    } else {
+        op.oid.clone()
+    };
+    c.insert("sub".into(), json!(sub));
     c.insert("tid".into(), json!(t.tenant_id));
     c.insert("uti".into(), json!(random_id()));
     let ver = match form {

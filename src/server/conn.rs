@@ -29,6 +29,8 @@ pub struct Activity {
     state: Arc<Mutex<State>>,
     first_request_within: Duration,
     idle_timeout: Duration,
+    /// Past this instant the connection closes at its next idle moment.
+    retire_at: Option<Instant>,
 }
 
 /// Held while a request is being handled; dropping it marks the request finished.
@@ -45,7 +47,14 @@ impl Activity {
             })),
             first_request_within,
             idle_timeout,
+            retire_at: None,
         }
+    }
+
+    /// Closes the connection at its first idle moment after `max_age` (a maximum lifetime).
+    pub fn with_max_age(mut self, max_age: Duration) -> Activity {
+        self.retire_at = Instant::now().checked_add(max_age);
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -76,7 +85,11 @@ impl Activity {
         } else {
             self.first_request_within
         };
-        Some(s.idle_since + within)
+        let idle = s.idle_since + within;
+        Some(match self.retire_at {
+            Some(r) if r < idle => r,
+            _ => idle,
+        })
     }
 }
 
@@ -99,11 +112,17 @@ impl Drop for InFlight {
 }
 
 /// A socket whose reads fail with `TimedOut` once the connection has been without a request for
-/// too long. hyper then drops the connection.
+/// too long (or has outlived its maximum age), and whose writes fail with `TimedOut` once one has
+/// made no progress for the write timeout: a client that never reads its answers cannot hold a
+/// connection. hyper then drops the connection.
 pub struct TimedIo<S> {
     inner: S,
     activity: Activity,
     sleep: Pin<Box<Sleep>>,
+    write_timeout: Option<Duration>,
+    /// Armed while a write is blocked; reset whenever a write makes progress.
+    write_sleep: Pin<Box<Sleep>>,
+    write_blocked: bool,
 }
 
 impl<S> TimedIo<S> {
@@ -112,7 +131,43 @@ impl<S> TimedIo<S> {
             inner,
             activity,
             sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            write_timeout: None,
+            write_sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            write_blocked: false,
         }
+    }
+
+    /// Fails a write (and so closes the connection) that makes no progress for `d`.
+    pub fn with_write_timeout(mut self, d: Duration) -> TimedIo<S> {
+        self.write_timeout = Some(d);
+        self
+    }
+
+    /// Progress or a blocked write: arms the stall deadline on the first `Pending`, clears it on
+    /// progress, and turns a stall past the deadline into `TimedOut`.
+    fn write_outcome<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        let Some(limit) = self.write_timeout else {
+            return r;
+        };
+        if r.is_ready() {
+            self.write_blocked = false;
+            return r;
+        }
+        if !self.write_blocked {
+            self.write_blocked = true;
+            self.write_sleep.as_mut().reset(Instant::now() + limit);
+        }
+        if self.write_sleep.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client did not read the response within the write timeout",
+            )));
+        }
+        Poll::Pending
     }
 }
 
@@ -144,10 +199,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.write_outcome(cx, r)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.write_outcome(cx, r)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
@@ -157,7 +214,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.write_outcome(cx, r)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
@@ -255,6 +313,35 @@ mod tests {
             t >= ms(250) && t < ms(3000),
             "idle timeout after a request: {t:?}"
         );
+        drop((client, client2));
+    }
+
+    /// Finding 1: a client that never reads its answers cannot hold the connection: the stalled
+    /// write fails after the write timeout. And a connection past its maximum age is closed at
+    /// its next idle moment, however short its idle gaps.
+    #[tokio::test]
+    async fn stalled_writes_and_old_connections_are_cut() {
+        use tokio::io::AsyncWriteExt;
+        let ms = Duration::from_millis;
+        let (client, server) = tokio::io::duplex(64);
+        let activity = Activity::new(ms(10_000), ms(10_000));
+        let mut io = TimedIo::new(server, activity).with_write_timeout(ms(200));
+        let started = Instant::now();
+        let r = tokio::time::timeout(ms(5_000), io.write_all(&[0u8; 4096])).await;
+        let e = r.expect("the stalled write ends").unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= ms(200));
+
+        let (client2, server2) = tokio::io::duplex(64);
+        let activity = Activity::new(ms(10_000), ms(10_000)).with_max_age(ms(300));
+        let mut io = TimedIo::new(server2, activity.clone());
+        drop(activity.begin());
+        let mut buf = [0u8; 8];
+        let started = Instant::now();
+        let r = tokio::time::timeout(ms(5_000), io.read(&mut buf)).await;
+        let e = r.expect("an old connection is closed").unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < ms(3_000));
         drop((client, client2));
     }
 

@@ -269,8 +269,11 @@ async fn serve_connection<S>(
         subject: client_cert_subject,
         proto,
     } = c;
-    let activity = conn::Activity::new(limits.header_read_timeout, limits.idle_timeout);
-    let io = TokioIo::new(conn::TimedIo::new(stream, activity.clone()));
+    let activity = conn::Activity::new(limits.header_read_timeout, limits.idle_timeout)
+        .with_max_age(limits.max_connection_age);
+    let io = TokioIo::new(
+        conn::TimedIo::new(stream, activity.clone()).with_write_timeout(limits.write_timeout),
+    );
     let body_within = limits.header_read_timeout;
     let svc = tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         let in_flight = activity.begin();

@@ -1,0 +1,114 @@
+//! Settings that load but that an operator of a gateway like this should not run unknowingly:
+//! each is a `WARNING` with its reason in `passgate check` (and in the log at start), and
+//! `passgate check --strict` fails on any of them, for CI pipelines. Hard limits are errors in
+//! `load.rs`; this module only names what is allowed but risky.
+
+use super::settings::Settings;
+
+/// Above this the facts cache is allowed but worth a word (the hard limit is in `load.rs`).
+const WARN_FACTS_CACHE_TTL_SECONDS: u64 = 900;
+/// Above this the clock-skew leeway is allowed but worth a word.
+const WARN_LEEWAY_SECONDS: u64 = 120;
+/// Below this, tokens with unknown key ids can make passgate refetch the JWKS that often.
+const WARN_JWKS_REFRESH_FLOOR_SECONDS: u64 = 10;
+
+/// One risky setting: the config key and why it matters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub key: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+fn loopback(addr: &str) -> bool {
+    addr.parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback())
+}
+
+/// Every warning for these settings, in a stable order.
+pub fn warnings(s: &Settings) -> Vec<Warning> {
+    let mut w = Vec::new();
+    let mut add = |key: &str, reason: String| {
+        w.push(Warning {
+            key: key.to_string(),
+            reason,
+        })
+    };
+    if s.tls.is_none() && !loopback(&s.listen) {
+        add(
+            "server.listen",
+            "plain HTTP on a non-loopback address: operator tokens cross the network unencrypted"
+                .into(),
+        );
+    }
+    if let Some(a) = &s.admin_listen {
+        if !loopback(a) {
+            add(
+                "admin.listen",
+                format!("{a} is not loopback: /metrics, /readyz and /reload have no authentication or TLS"),
+            );
+        }
+    }
+    for p in &s.server.trusted_proxies {
+        let broad = if p.is_ipv4() {
+            p.prefix_len() < 16
+        } else {
+            p.prefix_len() < 48
+        };
+        if broad {
+            add(
+                "server.trusted_proxies",
+                format!("{p} is a wide network: every address in it may name any client address in X-Forwarded-For"),
+            );
+        }
+    }
+    let a = &s.operator_auth;
+    if a.required_scope.is_none() {
+        add(
+            "operator_auth.required_scope",
+            "not set: a user token passgate's API issued for any scope (or for another client's consent) is accepted".into(),
+        );
+    }
+    if a.leeway.as_secs() > WARN_LEEWAY_SECONDS {
+        add(
+            "operator_auth.leeway_seconds",
+            format!(
+                "{} s: expired tokens stay usable that long; fix the clock (NTP) instead",
+                a.leeway.as_secs()
+            ),
+        );
+    }
+    if a.jwks_refresh_floor.as_secs() < WARN_JWKS_REFRESH_FLOOR_SECONDS {
+        add(
+            "operator_auth.jwks_refresh_floor_seconds",
+            format!(
+                "{} s: unauthenticated requests with unknown key ids can make passgate fetch Entra's keys that often",
+                a.jwks_refresh_floor.as_secs()
+            ),
+        );
+    }
+    if s.graph.facts_cache_ttl_seconds > WARN_FACTS_CACHE_TTL_SECONDS {
+        add(
+            "graph.facts_cache_ttl_seconds",
+            format!(
+                "{} s: a device removed from its group stays recoverable that long",
+                s.graph.facts_cache_ttl_seconds
+            ),
+        );
+    }
+    for p in &s.policies {
+        if p.any_device && p.limits.is_empty() {
+            add(
+                &format!("policies.{}", p.name),
+                "any_device without limits: its operators can recover every device, without bound"
+                    .into(),
+            );
+        }
+    }
+    w
+}
