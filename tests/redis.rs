@@ -69,6 +69,13 @@ impl Gw {
                 "global: \"200 per 1h\"",
                 &format!("global: \"{global}\""),
                 1,
+            )
+            // One operator drives every test here: lift the (per-process) device-lookup budget,
+            // so each refusal is the shared limit's.
+            .replacen(
+                "  facts_cache_ttl_seconds: 60\n",
+                "  facts_cache_ttl_seconds: 60\n  facts_lookups_per_operator: \"10000000 per 1h\"\n",
+                1,
             );
         std::fs::write(&config, format!("{yaml}\n{}", o.state)).unwrap();
         let mut cmd = Command::new(BIN);

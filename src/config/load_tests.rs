@@ -851,12 +851,21 @@ fn state_redis_loads_with_defaults_and_check_warns_on_plain_remote_redis() {
         Some(SecretRef::Env("PASSGATE_REDIS_PASSWORD".into()))
     );
     let text = crate::config::summary(&s);
-    assert!(text.contains("WARNING       plain redis://"), "{text}");
+    assert!(
+        text.contains("WARNING       state.redis.url: plain redis://"),
+        "{text}"
+    );
+    assert!(
+        crate::config::warnings(&s)
+            .iter()
+            .any(|w| w.key == "state.redis.url"),
+        "--strict fails on it"
+    );
     assert!(text.contains("env:PASSGATE_REDIS_PASSWORD"), "{text}");
     // Loopback plain and rediss:// anywhere: no warning.
     for url in ["redis://127.0.0.1:6379/0", "rediss://redis.internal:6380/0"] {
         let s = ok(&with_state(&format!("    url: \"{url}\"\n")));
-        assert!(!crate::config::summary(&s).contains("WARNING       plain redis"));
+        assert!(!crate::config::summary(&s).contains("plain redis://"));
     }
     // No state: memory, said so.
     assert!(crate::config::summary(&ok(BASE)).contains("state         in this process"));

@@ -219,44 +219,19 @@ fn write_state(o: &mut String, s: &Settings) -> std::fmt::Result {
     if r.min_replicas_ack > 0 {
         extra.push_str(&format!(", WAIT for {} replica(s)", r.min_replicas_ack));
     }
-    let (target, urls): (String, Vec<&str>) = match (&r.url, &r.sentinel) {
-        (Some(u), _) => (u.clone(), vec![u.as_str()]),
-        (None, Some(sn)) => (
-            format!(
-                "sentinel master {} via {}",
-                sn.master_name,
-                sn.nodes.join(", ")
-            ),
-            sn.nodes.iter().map(String::as_str).collect(),
+    let target = match (&r.url, &r.sentinel) {
+        (Some(u), _) => u.clone(),
+        (None, Some(sn)) => format!(
+            "sentinel master {} via {}",
+            sn.master_name,
+            sn.nodes.join(", ")
         ),
-        (None, None) => (String::new(), vec![]),
+        (None, None) => String::new(),
     };
     writeln!(
         o,
         "state         redis {target} (prefix {}, timeout {} ms{extra})",
         r.key_prefix, r.timeout_ms
     )?;
-    let plain_remote = urls.iter().any(|u| {
-        url::Url::parse(u).is_ok_and(|u| {
-            u.scheme() == "redis"
-                && !match u.host() {
-                    // redis:// is not a "special" scheme: an IPv4 host stays a domain string.
-                    Some(url::Host::Domain(d)) => {
-                        d.eq_ignore_ascii_case("localhost")
-                            || d.parse::<std::net::IpAddr>()
-                                .is_ok_and(|ip| ip.is_loopback())
-                    }
-                    Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-                    Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-                    None => false,
-                }
-        })
-    });
-    if plain_remote {
-        writeln!(
-            o,
-            "WARNING       plain redis:// to a non-loopback host: the Redis password and limit state cross the network unencrypted; use rediss://"
-        )?;
-    }
     Ok(())
 }

@@ -30,6 +30,24 @@ fn loopback(addr: &str) -> bool {
         .is_ok_and(|a| a.ip().is_loopback())
 }
 
+/// A `redis://` (not `rediss://`) URL whose host is not loopback.
+fn plain_remote_redis(u: &str) -> bool {
+    url::Url::parse(u).is_ok_and(|u| {
+        u.scheme() == "redis"
+            && !match u.host() {
+                // redis:// is not a "special" scheme: an IPv4 host stays a domain string.
+                Some(url::Host::Domain(d)) => {
+                    d.eq_ignore_ascii_case("localhost")
+                        || d.parse::<std::net::IpAddr>()
+                            .is_ok_and(|ip| ip.is_loopback())
+                }
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                None => false,
+            }
+    })
+}
+
 /// Every warning for these settings, in a stable order.
 pub fn warnings(s: &Settings) -> Vec<Warning> {
     let mut w = Vec::new();
@@ -100,6 +118,23 @@ pub fn warnings(s: &Settings) -> Vec<Warning> {
                 s.graph.facts_cache_ttl_seconds
             ),
         );
+    }
+    if let Some(r) = &s.state {
+        let (key, urls): (&str, Vec<&str>) = match (&r.url, &r.sentinel) {
+            (Some(u), _) => ("state.redis.url", vec![u.as_str()]),
+            (None, Some(sn)) => (
+                "state.redis.sentinel.nodes",
+                sn.nodes.iter().map(String::as_str).collect(),
+            ),
+            (None, None) => ("state.redis", vec![]),
+        };
+        if urls.iter().any(|u| plain_remote_redis(u)) {
+            add(
+                key,
+                "plain redis:// to a non-loopback host: the Redis password and limit state cross the network unencrypted; use rediss://"
+                    .into(),
+            );
+        }
     }
     for p in &s.policies {
         if p.any_device && p.limits.is_empty() {
