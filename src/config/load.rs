@@ -982,38 +982,18 @@ impl Validator<'_> {
     }
 
     fn redis_url(&self, path: &KeyPath, s: &str) -> R<String> {
-        let t = s.trim();
-        let u = url::Url::parse(t).map_err(|e| {
-            self.err(
-                path,
-                true,
-                format!("`{t}` is not a URL: {e}"),
-                "write e.g. redis://127.0.0.1:6379/0 or rediss://redis.internal:6380/0",
-            )
-        })?;
-        if !u.username().is_empty() || u.password().is_some() {
-            // Do not echo it: the user-info part may be a credential.
-            return Err(self.err(
-                path,
-                true,
-                "the URL must not carry a user name or password (value not shown)".into(),
-                "remove `user:password@`; use `username:` and `password: env:NAME`",
-            ));
-        }
+        let (t, u) = self.bare_url(
+            path,
+            s,
+            "write e.g. redis://127.0.0.1:6379/0 or rediss://redis.internal:6380/0",
+            "remove `user:password@`; use `username:` and `password: env:NAME`",
+        )?;
         if !matches!(u.scheme(), "redis" | "rediss") || u.host().is_none() {
             return Err(self.err(
                 path,
                 true,
                 format!("`{t}` is not a redis:// or rediss:// URL with a host"),
                 "write e.g. redis://127.0.0.1:6379/0 (unix sockets are not supported)",
-            ));
-        }
-        if u.query().is_some() || u.fragment().is_some() {
-            return Err(self.err(
-                path,
-                true,
-                format!("`{t}` has a query or fragment"),
-                "write the URL without `?…` or `#…`",
             ));
         }
         let db = u.path().trim_start_matches('/');
@@ -1025,7 +1005,38 @@ impl Validator<'_> {
                 "e.g. redis://host:6379/0",
             ));
         }
-        Ok(t.to_string())
+        Ok(t)
+    }
+
+    /// An absolute URL without user info (never echoed: it may be a credential), query or
+    /// fragment; the scheme rules are the caller's.
+    fn bare_url(
+        &self,
+        path: &KeyPath,
+        s: &str,
+        example: &str,
+        credentials_hint: &str,
+    ) -> R<(String, url::Url)> {
+        let t = s.trim();
+        let u = url::Url::parse(t)
+            .map_err(|e| self.err(path, true, format!("`{t}` is not a URL: {e}"), example))?;
+        if !u.username().is_empty() || u.password().is_some() {
+            return Err(self.err(
+                path,
+                true,
+                "the URL must not carry a user name or password (value not shown)".into(),
+                credentials_hint,
+            ));
+        }
+        if u.query().is_some() || u.fragment().is_some() {
+            return Err(self.err(
+                path,
+                true,
+                format!("`{t}` has a query or fragment"),
+                "write the URL without `?…` or `#…`",
+            ));
+        }
+        Ok((t.to_string(), u))
     }
 
     fn non_empty(&self, path: &KeyPath, s: &str, what: &str) -> R<()> {
@@ -1042,32 +1053,13 @@ impl Validator<'_> {
 
     /// `https://` URLs, or `http://` to a loopback host (the sandbox, a local test double).
     fn url(&self, path: &KeyPath, s: &str) -> R<String> {
-        let t = s.trim();
-        let u = url::Url::parse(t).map_err(|e| {
-            self.err(
-                path,
-                true,
-                format!("`{t}` is not a URL: {e}"),
-                "write an absolute URL such as https://login.microsoftonline.com",
-            )
-        })?;
-        if !u.username().is_empty() || u.password().is_some() {
-            // Do not echo it: the user-info part may be a credential.
-            return Err(self.err(
-                path,
-                true,
-                "URLs must not carry a user name or password".into(),
-                "remove the `user:password@` part; credentials belong in `app`",
-            ));
-        }
-        if u.query().is_some() || u.fragment().is_some() {
-            return Err(self.err(
-                path,
-                true,
-                format!("`{t}` has a query or fragment"),
-                "write the URL without `?…` or `#…`",
-            ));
-        }
+        let (t, u) = self.bare_url(
+            path,
+            s,
+            "write an absolute URL such as https://login.microsoftonline.com",
+            "remove the `user:password@` part; credentials belong in `app`",
+        )?;
+        let t = t.as_str();
         let loopback = match u.host() {
             Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
             Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
