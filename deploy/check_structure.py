@@ -48,6 +48,11 @@ CONTRACT = {
     "passgate_in_flight_requests": set(),
     "passgate_state_duration_seconds": {"backend", "op"},
     "passgate_state_errors_total": {"backend", "kind"},
+    "passgate_config_restart_required": set(),
+    "passgate_unauthenticated_throttled_total": {"reason"},
+    "passgate_unauthenticated_throttled_clients": set(),
+    "passgate_audit_free_bytes": set(),
+    "passgate_audit_min_free_bytes": set(),
 }
 HISTOGRAMS = {"passgate_request_duration_seconds", "passgate_stage_duration_seconds",
               "passgate_audit_fsync_duration_seconds", "passgate_state_duration_seconds"}

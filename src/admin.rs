@@ -63,6 +63,7 @@ pub async fn readiness(gw: &Gateway) -> Vec<Check> {
             "audit log is failing writes (requests fail closed)".into()
         },
     });
+    checks.push(audit_disk(gw));
     let store = gw.limiter.store();
     let state = store.ping().await;
     checks.push(Check {
@@ -78,6 +79,38 @@ pub async fn readiness(gw: &Gateway) -> Vec<Check> {
         },
     });
     checks
+}
+
+/// Free space on the audit filesystem against `audit.min_free_bytes`: failing before the disk is
+/// full takes the replica out of rotation while an operator still has time to act.
+fn audit_disk(gw: &Gateway) -> Check {
+    let floor = gw.audit_min_free_bytes;
+    let mib = |b: u64| b / (1024 * 1024);
+    match gw.audit.free_bytes() {
+        Ok(free) if floor == 0 => Check {
+            name: "audit_disk",
+            ok: true,
+            detail: format!("{} MiB free (no floor set)", mib(free)),
+        },
+        Ok(free) => Check {
+            name: "audit_disk",
+            ok: free >= floor,
+            detail: if free >= floor {
+                format!("{} MiB free, floor {} MiB", mib(free), mib(floor))
+            } else {
+                format!(
+                    "only {} MiB free on the audit filesystem, below audit.min_free_bytes ({} MiB); free space before the log fills the disk",
+                    mib(free),
+                    mib(floor)
+                )
+            },
+        },
+        Err(e) => Check {
+            name: "audit_disk",
+            ok: floor == 0,
+            detail: format!("free space on the audit filesystem unknown: {e}"),
+        },
+    }
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {

@@ -73,9 +73,12 @@ impl DevEnv {
     }
 
     /// Stops accepting and waits for in-flight requests to finish.
+    /// Then writes the pending summaries of throttled refusals, as a served process does.
     pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
         let _ = (&mut self.served).await;
+        let gw = self.live.get();
+        let _ = gw.preauth.flush(&gw.audit, true).await;
     }
 }
 

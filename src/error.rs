@@ -50,6 +50,9 @@ pub enum Reason {
     RateLimited,
     /// The rate-limit state backend (Redis) could not be asked: fail closed.
     LimitsUnavailable,
+    /// Too many refusals before authentication from one client address
+    /// (`server.limits.unauthenticated_per_client`): answered without an individual record.
+    UnauthenticatedThrottled,
     // --- local and upstream failures (fail closed) ---
     AuditUnavailable,
     AppTokenUnavailable,
@@ -93,6 +96,7 @@ impl Reason {
             Reason::DeviceFactsUnavailable => "device_facts_unavailable",
             Reason::RateLimited => "rate_limited",
             Reason::LimitsUnavailable => "limits_unavailable",
+            Reason::UnauthenticatedThrottled => "unauthenticated_throttled",
             Reason::AuditUnavailable => "audit_unavailable",
             Reason::AppTokenUnavailable => "app_token_unavailable",
             Reason::UpstreamUnreachable => "upstream_unreachable",
@@ -131,7 +135,7 @@ impl Reason {
             | Reason::DeviceNotRegistered
             | Reason::DeviceNotInAllowedGroup
             | Reason::PlatformNotAllowed => StatusCode::FORBIDDEN,
-            Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Reason::RateLimited | Reason::UnauthenticatedThrottled => StatusCode::TOO_MANY_REQUESTS,
             Reason::KeysUnavailable
             | Reason::DeviceFactsUnavailable
             | Reason::AuditUnavailable

@@ -11,6 +11,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod flood;
 pub mod graph;
 pub mod lifecycle;
 pub mod outbound;

@@ -262,6 +262,12 @@ async fn serve(path: &std::path::Path) -> ExitCode {
                 true
             }
         };
+        // Summaries of throttled refusals still counting go into the chain first.
+        if forced {
+            let _ = tokio::time::timeout(Duration::from_secs(2), shared.flush_summaries()).await;
+        } else {
+            shared.flush_summaries().await;
+        }
         // Flush and close the audit log. Its writer finishes the batch in progress and the queue,
         // so no record is torn; bounded so a hung disk cannot hold the exit forever.
         let audit = shared.audit.clone();

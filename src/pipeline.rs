@@ -16,6 +16,7 @@ mod answer;
 use crate::audit::{AuditLog, Authorized, DenialNote, OutcomeRecord, Uncommitted};
 use crate::auth::{Authenticator, Operator};
 use crate::error::{self, BodyError, Reason};
+use crate::flood::{Charge, PreAuthBudget};
 use crate::graph::facts::{FactsClient, FactsError};
 use crate::graph::forward::{ForwardError, Forwarder, Upstream};
 use crate::graph::token::AppTokenProvider;
@@ -47,6 +48,10 @@ pub struct Gateway {
     pub tokens: Arc<AppTokenProvider>,
     pub audit: AuditLog,
     pub metrics: Metrics,
+    /// Budgets for refusals before authentication, per client (outlives reloads).
+    pub preauth: Arc<PreAuthBudget>,
+    /// `audit.min_free_bytes`: `/readyz` fails below it (0: no floor).
+    pub audit_min_free_bytes: u64,
 }
 
 /// The operator, established from their token, and the action they asked for.
@@ -228,7 +233,10 @@ impl Gateway {
             .await
         {
             Ok(served) => served,
-            Err(refusal) => self.refuse(&inbound, refusal).await,
+            Err(refusal) => match self.throttle(&inbound, &refusal) {
+                Some(throttled) => throttled,
+                None => self.refuse(&inbound, refusal).await,
+            },
         };
         self.record_metrics(&verdict, received);
         resp
@@ -489,6 +497,52 @@ impl Gateway {
                 )
             }
         }
+    }
+
+    /// A refusal before authentication (nobody established, the client's fault: 4xx) is charged
+    /// to the client's budget; past it, the answer is 429 with no record of its own, counted in
+    /// the client's `throttled` summary instead (see [`crate::flood`]). `None`: refuse as usual.
+    fn throttle(
+        &self,
+        inbound: &Inbound,
+        refusal: &Refusal,
+    ) -> Option<(Response<Full<Bytes>>, Verdict)> {
+        let unauthenticated = refusal.known.operator.is_none()
+            && !refusal.recorded
+            && refusal.reason.status().is_client_error();
+        if !unauthenticated {
+            return None;
+        }
+        let Charge::Throttled {
+            retry_after,
+            opened,
+        } = self.preauth.charge(inbound.conn.client_ip, refusal.reason)
+        else {
+            return None;
+        };
+        self.metrics
+            .unauthenticated_throttled
+            .with_label_values(&[refusal.reason.as_str()])
+            .inc();
+        if opened {
+            // One line per client and reason per summary interval, never one per request.
+            tracing::warn!(client_ip = %inbound.conn.client_ip, reason = refusal.reason.as_str(), "too many refusals before authentication from this client; answering 429 and summarising");
+        }
+        let secs = retry_after.as_secs().max(1);
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+        let resp = answer::error(
+            inbound,
+            Reason::UnauthenticatedThrottled,
+            &format!("too many unauthenticated or malformed requests from this client address; retry in {secs} s"),
+            headers,
+        );
+        let verdict = Verdict::of(
+            refusal.known.action.as_ref(),
+            "deny",
+            Reason::UnauthenticatedThrottled,
+        );
+        Some((resp, verdict))
     }
 
     /// Records a refusal, then answers it. If even that record cannot be written, answers 503.

@@ -8,6 +8,7 @@
 use crate::audit::{AuditError, AuditLog, AuditOptionsError};
 use crate::auth::{keys::KeyStore, AuthSettings, Authenticator};
 use crate::config::{self, AssertionFormat, SecretError, Settings};
+use crate::flood::PreAuthBudget;
 use crate::graph::facts::FactsClient;
 use crate::graph::forward::Forwarder;
 use crate::graph::token::{AppCredential, AppTokenProvider};
@@ -138,6 +139,8 @@ type KeySlot = (String, Arc<KeyStore>);
 #[derive(Clone)]
 pub struct Shared {
     pub limiter: Arc<RateLimiter>,
+    /// Budgets for refusals before authentication; its flusher writes their summaries.
+    pub preauth: Arc<PreAuthBudget>,
     pub metrics: Metrics,
     pub audit: AuditLog,
     /// Operator-token keys, reused by a reload whose key source is unchanged.
@@ -145,6 +148,14 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Writes every pending summary of throttled refusals (at shutdown, before the audit log
+    /// closes), so the chain accounts for them.
+    pub async fn flush_summaries(&self) {
+        if let Err(e) = self.preauth.flush(&self.audit, true).await {
+            tracing::error!(error = %crate::error::chain(&e), "throttled-refusal summaries lost at shutdown");
+        }
+    }
+
     /// Opens the audit log named by the settings, creates the metrics and the limiter over the
     /// configured state backend (checking that Redis answers: a wrong password or TLS failure is
     /// a start-up error; Redis merely unreachable is logged and refused per request until back).
@@ -181,7 +192,12 @@ impl Shared {
             metrics.state_latency.clone(),
             metrics.state_errors.clone(),
         ));
+        let s = &settings.server;
+        let (n, per) = s.unauthenticated_per_client;
+        let preauth = Arc::new(PreAuthBudget::new(n, per, s.unauthenticated_summary));
+        tokio::spawn(preauth.clone().run_flusher(audit.clone()));
         Ok(Shared {
+            preauth,
             limiter: Arc::new(RateLimiter::new(store)),
             metrics,
             audit,
@@ -235,6 +251,14 @@ fn sync_metrics(gw: &Arc<Gateway>, feeds: &Feeds) {
             n,
         );
     }
+    m.unauthenticated_throttled_clients
+        .set(gw.preauth.throttled_clients() as i64);
+    if let Ok(free) = gw.audit.free_bytes() {
+        m.audit_free_bytes
+            .set(i64::try_from(free).unwrap_or(i64::MAX));
+    }
+    m.audit_min_free_bytes
+        .set(i64::try_from(gw.audit_min_free_bytes).unwrap_or(i64::MAX));
 }
 
 /// The gateway currently in force. Each request takes its own `Arc`, so a request that started
@@ -418,6 +442,10 @@ impl Reloader {
         };
         let gateway = build_gateway(&next, &self.shared).await?;
         self.live.swap(gateway);
+        let (n, per) = next.server.unauthenticated_per_client;
+        self.shared
+            .preauth
+            .set_rate(n, per, next.server.unauthenticated_summary);
         if let Some((served, staged)) = tls {
             served.install(staged);
             tracing::info!(cert = %served.files().cert_file.display(), "TLS files changed by the reload; new connections get them");
@@ -599,6 +627,8 @@ pub async fn build_gateway(settings: &Settings, shared: &Shared) -> Result<Gatew
         tokens,
         audit: shared.audit.clone(),
         metrics: shared.metrics.clone(),
+        preauth: shared.preauth.clone(),
+        audit_min_free_bytes: settings.audit.min_free_bytes,
     })
 }
 

@@ -48,6 +48,14 @@ pub struct Metrics {
     pub state_latency: HistogramVec,
     /// Failed state-backend calls (the request failed closed), by backend and kind.
     pub state_errors: IntCounterVec,
+    /// Refusals before authentication answered 429 without their own record, by the reason.
+    pub unauthenticated_throttled: IntCounterVec,
+    /// Client addresses whose budget for refusals before authentication is spent right now.
+    pub unauthenticated_throttled_clients: IntGauge,
+    /// Free bytes on the audit file's filesystem (for the unprivileged user), at the last scrape.
+    pub audit_free_bytes: IntGauge,
+    /// `audit.min_free_bytes` in force; `/readyz` fails below it.
+    pub audit_min_free_bytes: IntGauge,
 }
 
 /// A pipeline stage, for `passgate_stage_duration_seconds{stage}`.
@@ -244,6 +252,30 @@ impl Metrics {
             "State-backend calls that failed (an admit failing is a 503 limits_unavailable), by backend and kind: timeout, connection, auth, tls, script, replication, other.",
             &["backend", "kind"],
         );
+        let unauthenticated_throttled = counter(
+            &r,
+            "passgate_unauthenticated_throttled_total",
+            "Refusals before authentication past the client's budget (server.limits.unauthenticated_per_client), answered 429 and summarised instead of audited one by one, by the reason each would have had.",
+            &["reason"],
+        );
+        let int_gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("static metric definition");
+            r.register(Box::new(g.clone()))
+                .expect("metric registered once");
+            g
+        };
+        let unauthenticated_throttled_clients = int_gauge(
+            "passgate_unauthenticated_throttled_clients",
+            "Client addresses (IPv6: /64 networks) whose budget for refusals before authentication is spent right now.",
+        );
+        let audit_free_bytes = int_gauge(
+            "passgate_audit_free_bytes",
+            "Free bytes on the audit log's filesystem, as available to passgate, at the last scrape.",
+        );
+        let audit_min_free_bytes = int_gauge(
+            "passgate_audit_min_free_bytes",
+            "audit.min_free_bytes in force (0: no floor); /readyz fails while free space is below it.",
+        );
         config_last_reload_success.set(chrono::Utc::now().timestamp() as f64);
         config_reloads.with_label_values(&["success"]).inc();
         Metrics {
@@ -266,6 +298,10 @@ impl Metrics {
             build_info,
             state_latency,
             state_errors,
+            unauthenticated_throttled,
+            unauthenticated_throttled_clients,
+            audit_free_bytes,
+            audit_min_free_bytes,
         }
     }
 

@@ -706,7 +706,7 @@ async fn search_formats_table_json_csv() {
         rows[2]
     );
     assert!(
-        rows[2].ends_with(",\"upstream said \"\"no\"\", twice\""),
+        rows[2].ends_with(",\"upstream said \"\"no\"\", twice\",1"),
         "{}",
         rows[2]
     );
@@ -836,11 +836,23 @@ async fn every_record_kind_the_writer_writes_fits_the_schema() {
         .collect();
     assert_eq!(
         kinds,
-        ["#/$defs/decision", "#/$defs/outcome", "#/$defs/recovery"]
+        [
+            "#/$defs/decision",
+            "#/$defs/outcome",
+            "#/$defs/throttled",
+            "#/$defs/recovery"
+        ]
     );
     // Every declared property has a description (or is a const/`$ref` with one in its target).
     for def in [
-        "header", "decision", "outcome", "recovery", "operator", "target", "device",
+        "header",
+        "decision",
+        "outcome",
+        "throttled",
+        "recovery",
+        "operator",
+        "target",
+        "device",
     ] {
         assert!(schema["$defs"][def]["description"].is_string(), "{def}");
     }
@@ -878,6 +890,17 @@ async fn every_record_kind_the_writer_writes_fits_the_schema() {
     })
     .await
     .unwrap();
+    log.record_throttled(passgate::audit::ThrottledRecord {
+        client_ip: "2001:db8:1:2::/64".into(),
+        reason: "token_malformed".into(),
+        status: 429,
+        answered: "unauthenticated_throttled".into(),
+        count: 12_345,
+        first_time: "2026-12-02T01:00:00.000Z".into(),
+        last_time: "2026-12-02T01:00:59.999Z".into(),
+    })
+    .await
+    .unwrap();
     log.close();
     let log = AuditLog::open_with(
         &path,
@@ -907,7 +930,7 @@ async fn every_record_kind_the_writer_writes_fits_the_schema() {
     }
     assert_eq!(
         seen.into_iter().collect::<Vec<_>>(),
-        ["decision", "outcome", "recovery"]
+        ["decision", "outcome", "recovery", "throttled"]
     );
     verify_set(&[path], &keyed()).unwrap();
 }

@@ -445,7 +445,7 @@ fn hostile_cases(k: &str) -> Vec<Case> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_targets_are_refused_and_never_reach_graph() {
-    let env = start().await;
+    let env = start_unthrottled().await;
     let t = token(&env, "alice");
     let k = device_id(&env, "kiosk-phone");
     // The baseline: this exact operator, device and connection style is allowed, so every

@@ -100,7 +100,7 @@ async fn run_cases(env: &DevEnv, cases: &[Case]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_and_misdirected_tokens_are_refused() {
-    let env = start().await;
+    let env = start_unthrottled().await;
     let sb = &env.sandbox;
     let now = chrono::Utc::now().timestamp();
     let good_claims = sb.operator_claims("alice", TokenForm::V2, HOUR);

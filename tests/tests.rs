@@ -22,6 +22,7 @@ mod concurrency;
 mod crash;
 mod docs;
 mod faults;
+mod flood;
 mod gateway;
 mod hostile_paths;
 mod hostile_tokens;

@@ -20,6 +20,7 @@ pub(crate) const SUFFIX_LEN: usize = HASH_PREFIX.len() + 64 + 2;
 pub(crate) enum LineKind {
     Decision,
     Outcome,
+    Throttled,
     Recovery,
 }
 
@@ -28,9 +29,18 @@ impl LineKind {
         match self {
             LineKind::Decision => "decision",
             LineKind::Outcome => "outcome",
+            LineKind::Throttled => "throttled",
             LineKind::Recovery => "recovery",
         }
     }
+
+    /// Every kind, so the verifier knows exactly the words the writer may write.
+    pub(crate) const ALL: [LineKind; 4] = [
+        LineKind::Decision,
+        LineKind::Outcome,
+        LineKind::Throttled,
+        LineKind::Recovery,
+    ];
 }
 
 /// The `alg` header value of a keyed line. A line without `alg` is hashed with plain SHA-256.
@@ -185,7 +195,7 @@ pub(crate) fn parse_line(
             format!("unsupported version v={}", header.v),
         ));
     }
-    if !matches!(header.kind.as_str(), "decision" | "outcome" | "recovery") {
+    if !LineKind::ALL.iter().any(|k| k.as_str() == header.kind) {
         return Err((
             BreakKind::Unparseable,
             format!("unknown kind {:?}", header.kind),

@@ -12,7 +12,9 @@
 //! {"v":1,"alg":"hmac-sha256","seq":N,"time":…,"kind":…,"prev":…,<record fields>,"hash":"<64 hex>"}
 //! ```
 //!
-//! - `kind` is `decision` ([`DecisionRecord`] fields), `outcome` ([`OutcomeRecord`] fields) or
+//! - `kind` is `decision` ([`DecisionRecord`] fields), `outcome` ([`OutcomeRecord`] fields),
+//!   `throttled` ([`ThrottledRecord`] fields: refusals before authentication past the client's
+//!   budget, answered 429 and counted per client and reason instead of one record each) or
 //!   `recovery` ([`RecoveryRecord`] fields, written by the writer after cutting a torn tail).
 //!   Record fields follow in struct declaration order; `None` is written as `null`.
 //! - A decision record the pipeline gave up on (audit deadline passed while it was queued) is
@@ -77,7 +79,7 @@ pub use options::{
 };
 pub use record::{
     AbandonedDecision, Decision, DecisionRecord, DeviceRecord, OperatorRecord, OutcomeRecord,
-    RecoveryRecord, TargetRecord, MAX_PATH_BYTES,
+    RecoveryRecord, TargetRecord, ThrottledRecord, MAX_PATH_BYTES,
 };
 pub use rotation::{rotated_files, rotation_set};
 pub use search::{search, Format, Hit, SearchError, SearchFilter, SearchResult};

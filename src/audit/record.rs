@@ -124,5 +124,25 @@ pub struct RecoveryRecord {
     pub side_file: String,
 }
 
+/// Refusals before authentication that were answered `429 unauthenticated_throttled` without a
+/// record of their own (see [`crate::flood`]): one per client and reason per summary interval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThrottledRecord {
+    /// The client address after `trusted_proxies` resolution; an IPv6 client as its `/64`;
+    /// `*` for clients past the table's bound.
+    pub client_ip: String,
+    /// The refusal each would have been, e.g. `token_malformed`, `route_not_found`.
+    pub reason: String,
+    /// What each client got: 429 …
+    pub status: u16,
+    /// … with this code (`unauthenticated_throttled`).
+    pub answered: String,
+    /// How many requests this record stands for.
+    pub count: u64,
+    /// When the first and the last of them arrived (RFC 3339 UTC, milliseconds).
+    pub first_time: String,
+    pub last_time: String,
+}
+
 /// Longest `path` kept in a decision line, in bytes.
 pub const MAX_PATH_BYTES: usize = 2048;

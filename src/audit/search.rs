@@ -140,6 +140,11 @@ pub fn search(paths: &[PathBuf], filter: &SearchFilter) -> Result<SearchResult, 
                         out.hits[i].outcomes.push((line, record));
                     }
                 }
+                Some("throttled") => {
+                    if matches_throttled(&record, filter) {
+                        out.hits.push(hit(path, line, record));
+                    }
+                }
                 Some("recovery") => {
                     if filter.time_only() && in_time(&record, filter) {
                         out.hits.push(hit(path, line, record));
@@ -221,6 +226,21 @@ fn matches_decision(rec: &Value, f: &SearchFilter) -> bool {
     in_time(rec, f)
 }
 
+/// A `throttled` summary matches filters that do not name an operator or a device (it has
+/// neither): by decision `deny`, by the reason its requests would have had or by
+/// `unauthenticated_throttled`, and by time (its first request).
+fn matches_throttled(rec: &Value, f: &SearchFilter) -> bool {
+    if f.operator.is_some() || f.device.is_some() || f.decision == Some(Decision::Allow) {
+        return false;
+    }
+    if let Some(r) = &f.reason {
+        if !(eq_ci(rec["reason"].as_str(), r) || eq_ci(rec["answered"].as_str(), r)) {
+            return false;
+        }
+    }
+    in_time(rec, f)
+}
+
 /// Output formats of `audit search`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Format {
@@ -251,6 +271,8 @@ struct Row {
     client_ip: String,
     latency_ms: String,
     error: String,
+    /// Requests the record stands for: 1, or a `throttled` summary's count.
+    count: String,
 }
 
 fn s(v: &Value) -> String {
@@ -267,6 +289,8 @@ fn row(h: &Hit) -> Row {
     let last_outcome = h.outcomes.last().map(|(_, o)| o);
     let (status, graph_request_id, latency_ms, error) = if kind == "recovery" {
         (String::new(), String::new(), String::new(), String::new())
+    } else if kind == "throttled" {
+        (s(&r["status"]), String::new(), String::new(), String::new())
     } else if r["decision"].as_str() == Some("deny") {
         // A denial whose record was still being written when passgate gave up on it carries an
         // outcome with the 503 the client actually got.
@@ -293,10 +317,15 @@ fn row(h: &Hit) -> Row {
     Row {
         time: s(&r["time"]),
         seq: h.seq.to_string(),
-        decision: if kind == "recovery" {
-            "recovery".into()
-        } else {
-            s(&r["decision"])
+        decision: match kind.as_str() {
+            "recovery" => "recovery".into(),
+            "throttled" => "deny".into(),
+            _ => s(&r["decision"]),
+        },
+        count: match kind.as_str() {
+            "throttled" => s(&r["count"]),
+            "recovery" => String::new(),
+            _ => "1".into(),
         },
         kind,
         request_id: s(&r["request_id"]),
@@ -339,7 +368,7 @@ fn render_json(result: &SearchResult, out: &mut dyn Write) -> io::Result<()> {
     Ok(())
 }
 
-const CSV_HEADER: [&str; 15] = [
+const CSV_HEADER: [&str; 16] = [
     "time",
     "seq",
     "kind",
@@ -355,6 +384,7 @@ const CSV_HEADER: [&str; 15] = [
     "client_ip",
     "latency_ms",
     "error",
+    "count",
 ];
 
 /// RFC 4180: a field with a comma, quote, CR or LF is quoted, quotes doubled.
@@ -387,6 +417,7 @@ fn render_csv(result: &SearchResult, out: &mut dyn Write) -> io::Result<()> {
             &r.client_ip,
             &r.latency_ms,
             &r.error,
+            &r.count,
         ];
         let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
         out.write_all(line.join(",").as_bytes())?;
@@ -431,6 +462,15 @@ fn render_table(result: &SearchResult, out: &mut dyn Write) -> io::Result<()> {
             } else {
                 r.operator_upn
             };
+            // A summary names its client and how many requests it stands for.
+            let (operator, reason) = if r.kind == "throttled" {
+                (
+                    format!("(unauthenticated {})", r.client_ip),
+                    format!("{} x{} (throttled)", r.reason, r.count),
+                )
+            } else {
+                (operator, r.reason)
+            };
             let status = if r.decision == "allow" && r.status.is_empty() {
                 // Allowed but no outcome recorded (yet): the forward's result is unknown.
                 "no outcome".to_owned()
@@ -442,7 +482,7 @@ fn render_table(result: &SearchResult, out: &mut dyn Write) -> io::Result<()> {
             [
                 r.time,
                 r.decision,
-                r.reason,
+                reason,
                 operator,
                 r.device,
                 r.policy,

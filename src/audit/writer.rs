@@ -19,7 +19,7 @@ use super::chain::{sync_parent_dir, Chain, Committed};
 use super::error::{AuditError, FailureCounts, FailureKind};
 use super::line::{parse_line, record_fields, LineKind, GENESIS_PREV};
 use super::options::{check_hmac_key, AuditOptions, FsyncObserver};
-use super::record::{DecisionRecord, OutcomeRecord, MAX_PATH_BYTES};
+use super::record::{DecisionRecord, OutcomeRecord, ThrottledRecord, MAX_PATH_BYTES};
 use super::rotation::rotated_files;
 use super::scan::{read_first_line, read_tail, ReadFromStart};
 
@@ -348,6 +348,14 @@ impl AuditLog {
             .map(|_| ())
     }
 
+    /// Appends a summary of throttled refusals before authentication; durable like the others.
+    pub async fn record_throttled(&self, rec: ThrottledRecord) -> Result<(), AuditError> {
+        let fields = record_fields(&rec)?;
+        self.submit(LineKind::Throttled, fields, None)
+            .await
+            .map(|_| ())
+    }
+
     async fn submit(
         &self,
         kind: LineKind,
@@ -397,6 +405,17 @@ impl AuditLog {
                 tracing::error!("audit writer thread panicked");
             }
         }
+    }
+
+    /// Bytes free on the audit file's filesystem for an unprivileged writer (`statvfs`
+    /// `f_bavail × f_frsize`), as `/readyz` and the disk alert see it.
+    pub fn free_bytes(&self) -> std::io::Result<u64> {
+        let dir = match self.path().parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let st = rustix::fs::statvfs(dir).map_err(std::io::Error::from)?;
+        Ok(st.f_bavail.saturating_mul(st.f_frsize))
     }
 
     pub fn path(&self) -> &Path {

@@ -843,6 +843,17 @@ impl Validator<'_> {
                 "the default is 512",
             ));
         }
+        let unauthenticated_per_client = parse_rate(&l.unauthenticated_per_client).map_err(
+            |(message, hint)| self.err(&lp.key("unauthenticated_per_client"), true, message, &format!("{hint}; refusals before authentication past it are answered 429 and summarised, the default is `20 per 1s`")),
+        )?;
+        if !(1..=3600).contains(&l.unauthenticated_summary_seconds) {
+            return Err(self.err(
+                &lp.key("unauthenticated_summary_seconds"),
+                true,
+                format!("{} is outside 1..=3600", l.unauthenticated_summary_seconds),
+                "how long throttled refusals are counted before one summary record per client and reason is written; the default is 60",
+            ));
+        }
         if l.h2_max_concurrent_streams == 0 {
             return Err(self.err(
                 &lp.key("h2_max_concurrent_streams"),
@@ -879,6 +890,8 @@ impl Validator<'_> {
             max_connection_age,
             tls_reload_interval: reload,
             trusted_proxies,
+            unauthenticated_per_client,
+            unauthenticated_summary: Duration::from_secs(l.unauthenticated_summary_seconds),
         })
     }
 

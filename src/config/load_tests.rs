@@ -986,10 +986,55 @@ fn unsafe_settings_are_bounded_or_warned() {
             ),
             "server.trusted_proxies[0]",
         ),
+        (
+            oa("").replace(
+                "  plaintext: true\n",
+                "  plaintext: true\n  limits:\n    unauthenticated_per_client: \"0 per 1s\"\n",
+            ),
+            "server.limits.unauthenticated_per_client",
+        ),
+        (
+            oa("").replace(
+                "  plaintext: true\n",
+                "  plaintext: true\n  limits:\n    unauthenticated_per_client: plenty\n",
+            ),
+            "server.limits.unauthenticated_per_client",
+        ),
+        (
+            oa("").replace(
+                "  plaintext: true\n",
+                "  plaintext: true\n  limits:\n    unauthenticated_summary_seconds: 0\n",
+            ),
+            "server.limits.unauthenticated_summary_seconds",
+        ),
+        (
+            oa("").replace(
+                "  plaintext: true\n",
+                "  plaintext: true\n  limits:\n    unauthenticated_summary_seconds: 3601\n",
+            ),
+            "server.limits.unauthenticated_summary_seconds",
+        ),
     ] {
         let e = err(&text);
         check(&e, key, None);
     }
+    let budget = ok(&oa("").replace(
+        "  plaintext: true\n",
+        "  plaintext: true\n  limits:\n    unauthenticated_per_client: \"100 per 1m\"\n",
+    ));
+    assert_eq!(
+        budget.server.unauthenticated_per_client,
+        (100, std::time::Duration::from_secs(60))
+    );
+    assert_eq!(
+        budget.server.unauthenticated_summary,
+        std::time::Duration::from_secs(60)
+    );
+    assert_eq!(
+        ok(&oa("")).server.unauthenticated_per_client.0,
+        20,
+        "default 20 per 1s"
+    );
     // Warnings, each with its key; a clean config has none.
     let warned = |text: &str| -> Vec<String> {
         crate::config::warnings(&ok(text))
@@ -1032,6 +1077,13 @@ fn unsafe_settings_are_bounded_or_warned() {
         out.lines()
             .any(|l| l.starts_with("WARNING") && l.contains("admin.listen")),
         "{out}"
+    );
+    assert_eq!(
+        warned(&oa("").replace(
+            "  path: /tmp/audit.jsonl\n",
+            "  path: /tmp/audit.jsonl\n  min_free_bytes: 0\n"
+        )),
+        ["audit.min_free_bytes"]
     );
     let unlimited = format!("{}{SECOND}", oa(""));
     assert_eq!(warned(&unlimited), ["policies.second"]);

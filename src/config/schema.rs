@@ -151,6 +151,15 @@ pub struct ServerLimitsConfig {
     /// A connection is closed at its next idle moment once it is this old. Default 300.
     #[serde(default = "default_max_connection_age")]
     pub max_connection_age_seconds: u64,
+    /// Refusals before authentication (unknown route, body, bad or missing token) one client
+    /// address may cause, as `N per DURATION`, each with its own audit record. Past it, such
+    /// refusals are answered `429 unauthenticated_throttled` and summarised. Default `20 per 1s`.
+    #[serde(default = "default_unauthenticated_per_client")]
+    pub unauthenticated_per_client: String,
+    /// How long throttled refusals of one client and reason are counted before their summary
+    /// record is written. Default 60.
+    #[serde(default = "default_unauthenticated_summary")]
+    pub unauthenticated_summary_seconds: u64,
 }
 
 impl Default for ServerLimitsConfig {
@@ -165,10 +174,18 @@ impl Default for ServerLimitsConfig {
             h2_max_concurrent_streams: default_h2_streams(),
             write_timeout_seconds: default_write_timeout(),
             max_connection_age_seconds: default_max_connection_age(),
+            unauthenticated_per_client: default_unauthenticated_per_client(),
+            unauthenticated_summary_seconds: default_unauthenticated_summary(),
         }
     }
 }
 
+fn default_unauthenticated_per_client() -> String {
+    "20 per 1s".into()
+}
+fn default_unauthenticated_summary() -> u64 {
+    60
+}
 fn default_header_read_timeout() -> u64 {
     10
 }
@@ -416,6 +433,15 @@ pub struct AuditConfig {
     /// Key for an HMAC-SHA256 keyed chain (`env:NAME` or `file:PATH`). Unset: plain SHA-256.
     #[serde(default)]
     pub hmac_key: Option<SecretRef>,
+    /// Below this much free space on the audit file's filesystem `/readyz` fails (and the shipped
+    /// alert fires), before a full disk refuses every request. Bytes; 0 turns the check off.
+    /// Default 536870912 (512 MiB).
+    #[serde(default = "default_audit_min_free_bytes")]
+    pub min_free_bytes: u64,
+}
+
+fn default_audit_min_free_bytes() -> u64 {
+    512 * 1024 * 1024
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -82,6 +82,10 @@ pub struct ServerSettings {
     /// How often TLS files are re-read.
     pub tls_reload_interval: Duration,
     pub trusted_proxies: Vec<crate::config::cidr::Cidr>,
+    /// Refusals before authentication each client may cause per window, individually audited.
+    pub unauthenticated_per_client: (u32, Duration),
+    /// How long throttled refusals are counted before their summary record is written.
+    pub unauthenticated_summary: Duration,
 }
 
 impl Default for ServerSettings {
@@ -101,6 +105,9 @@ impl Default for ServerSettings {
             max_connection_age: Duration::from_secs(l.max_connection_age_seconds),
             tls_reload_interval: Duration::from_secs(10),
             trusted_proxies: Vec::new(),
+            unauthenticated_per_client: super::load::parse_rate(&l.unauthenticated_per_client)
+                .unwrap_or((20, Duration::from_secs(1))),
+            unauthenticated_summary: Duration::from_secs(l.unauthenticated_summary_seconds),
         }
     }
 }

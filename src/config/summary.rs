@@ -51,6 +51,13 @@ fn write_summary(o: &mut String, s: &Settings) -> std::fmt::Result {
             p.join(", ")
         )?;
     }
+    let (n, per) = s.server.unauthenticated_per_client;
+    writeln!(
+        o,
+        "unauth        {n} refusals before authentication per client per {}s audited one by one, then 429 and a summary every {}s",
+        per.as_secs(),
+        s.server.unauthenticated_summary.as_secs()
+    )?;
     writeln!(o, "tenant        {} (cloud {cloud})", s.tenant_id)?;
     let e = &s.endpoints;
     writeln!(o, "graph         {}  scope {}", e.graph, e.graph_scope)?;
@@ -113,6 +120,12 @@ fn write_summary(o: &mut String, s: &Settings) -> std::fmt::Result {
     }
     if let Some(a) = s.audit.rotate_max_age_seconds {
         audit_extra.push(format!("rotate every {a}s"));
+    }
+    if s.audit.min_free_bytes > 0 {
+        audit_extra.push(format!(
+            "/readyz fails below {} MiB free",
+            s.audit.min_free_bytes / (1024 * 1024)
+        ));
     }
     if let Some(k) = &s.audit.hmac_key {
         // The reference only (env:NAME / file:PATH); never the key.

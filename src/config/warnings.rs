@@ -136,6 +136,12 @@ pub fn warnings(s: &Settings) -> Vec<Warning> {
             );
         }
     }
+    if s.audit.min_free_bytes == 0 {
+        add(
+            "audit.min_free_bytes",
+            "0: nothing warns before the audit disk is full, and then every request is refused audit_unavailable".into(),
+        );
+    }
     for p in &s.policies {
         if p.any_device && p.limits.is_empty() {
             add(

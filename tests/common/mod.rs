@@ -74,6 +74,21 @@ pub async fn start() -> DevEnv {
     start_with(None).await
 }
 
+/// Starts sandbox + gateway with a budget for refusals before authentication no test reaches,
+/// for suites that check hundreds of such refusals one by one (see `flood.rs` for the budget).
+pub async fn start_unthrottled() -> DevEnv {
+    start_with(Some(unthrottled(passgate::dev::DEV_CONFIG))).await
+}
+
+/// `config` (the dev config or one derived from it) with that budget lifted.
+pub fn unthrottled(config: &str) -> String {
+    config.replacen(
+        "  plaintext: true\n",
+        "  plaintext: true\n  limits:\n    unauthenticated_per_client: \"1000000 per 1s\"\n",
+        1,
+    )
+}
+
 /// Starts sandbox + gateway; `config_text` replaces the embedded dev.yaml when given.
 pub async fn start_with(config_text: Option<String>) -> DevEnv {
     let dir = tempfile::tempdir().expect("tempdir").keep();

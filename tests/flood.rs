@@ -1,0 +1,207 @@
+//! Unauthenticated floods (hardening round 2, finding 2): refusals before authentication past a
+//! client's budget are answered 429 without a record each and summarised per client and reason;
+//! authenticated requests from the same address are untouched; the audit disk's free space is
+//! watched by `/readyz` and the metrics.
+
+use crate::common::*;
+use passgate::dev::DEV_CONFIG;
+use serde_json::Value;
+
+/// The dev config with a budget of 5 refusals before authentication per hour (a window long
+/// enough that the test never straddles two) and summaries written only at shutdown.
+fn flood_config() -> String {
+    DEV_CONFIG.replacen(
+        "  plaintext: true\n",
+        "  plaintext: true\n  limits:\n    unauthenticated_per_client: \"5 per 1h\"\n    unauthenticated_summary_seconds: 3600\n",
+        1,
+    )
+}
+
+#[tokio::test]
+async fn a_flood_before_authentication_is_throttled_and_summarised_while_operators_are_served() {
+    let env = start_with(Some(flood_config())).await;
+    let url = action_url(&env, "kiosk-phone");
+    let garbage = vec![("authorization", "Bearer not.a.token".to_string())];
+    for i in 0..5 {
+        let r = send("POST", &url, &garbage, b"").await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (401, "token_malformed"),
+            "refusal {i} is within the budget"
+        );
+    }
+    for _ in 0..30 {
+        let r = send("POST", &url, &garbage, b"").await;
+        assert_eq!(r.status, 429);
+        assert_eq!(r.code(), "unauthenticated_throttled");
+        let retry: u64 = r
+            .header("retry-after")
+            .expect("Retry-After")
+            .parse()
+            .unwrap();
+        assert!((1..=3600).contains(&retry), "Retry-After {retry}");
+        assert!(r.header("www-authenticate").is_none());
+    }
+    let unknown = format!("{}/v1.0/me/messages", env.gateway_url);
+    for _ in 0..10 {
+        let r = send("GET", &unknown, &[], b"").await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (429, "unauthenticated_throttled")
+        );
+    }
+    // Authenticated requests from the same (spent) address are decided and audited as ever.
+    let alice = send("POST", &url, &[bearer(&token(&env, "alice"))], b"").await;
+    assert_eq!(
+        alice.status,
+        204,
+        "an approved operator is served: {:?}",
+        alice.json()
+    );
+    let bob = send("POST", &url, &[bearer(&token(&env, "bob"))], b"").await;
+    assert_eq!(
+        (bob.status, bob.code().as_str()),
+        (403, "operator_not_approved")
+    );
+
+    let m = scrape(&env).await;
+    assert_eq!(
+        metric_value(
+            &m,
+            "passgate_unauthenticated_throttled_total",
+            &["reason=\"token_malformed\""]
+        ),
+        30.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "passgate_unauthenticated_throttled_total",
+            &["reason=\"route_not_found\""]
+        ),
+        10.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "passgate_requests_total",
+            &["reason=\"unauthenticated_throttled\""]
+        ),
+        40.0
+    );
+    assert_eq!(
+        metric_value(&m, "passgate_unauthenticated_throttled_clients", &[]),
+        1.0
+    );
+
+    // Before shutdown: one record per request within the budget and per authenticated request,
+    // none for the 40 throttled ones.
+    let decisions = decision_records(&env);
+    let malformed = decisions
+        .iter()
+        .filter(|d| d["reason"] == "token_malformed")
+        .count();
+    assert_eq!(malformed, 5);
+    assert_eq!(
+        decisions.len(),
+        7,
+        "5 refusals, alice's allow, bob's denial"
+    );
+    assert!(!audit_records(&env).iter().any(|r| r["kind"] == "throttled"));
+
+    let set = audit_set(&env);
+    let keep = env.audit_log.clone();
+    env.stop().await;
+    let records: Vec<Value> = std::fs::read_to_string(&keep)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let summaries: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "throttled")
+        .collect();
+    assert_eq!(
+        summaries.len(),
+        2,
+        "one per (client, reason): {summaries:?}"
+    );
+    let of = |reason: &str| {
+        *summaries
+            .iter()
+            .find(|s| s["reason"] == reason)
+            .unwrap_or_else(|| panic!("a summary for {reason}"))
+    };
+    let tokens = of("token_malformed");
+    assert_eq!(tokens["count"], 30);
+    assert_eq!(tokens["client_ip"], "127.0.0.1");
+    assert_eq!(
+        (tokens["status"].as_u64(), tokens["answered"].as_str()),
+        (Some(429), Some("unauthenticated_throttled"))
+    );
+    assert!(tokens["first_time"].as_str().unwrap() <= tokens["last_time"].as_str().unwrap());
+    assert_eq!(of("route_not_found")["count"], 10);
+    let total: u64 = records
+        .iter()
+        .map(|r| match r["kind"].as_str() {
+            Some("decision") => 1,
+            Some("throttled") => r["count"].as_u64().unwrap(),
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(total, 47, "every request is accounted for in the chain");
+    passgate::audit::verify_set(&set, &passgate::audit::VerifyOptions::default())
+        .expect("the chain with summaries verifies");
+    let filter = passgate::audit::SearchFilter {
+        reason: Some("unauthenticated_throttled".into()),
+        ..Default::default()
+    };
+    let found = passgate::audit::search(&set, &filter).unwrap();
+    assert_eq!(
+        found.hits.len(),
+        2,
+        "search finds the summaries by the code clients got"
+    );
+    let filter = passgate::audit::SearchFilter {
+        operator: Some("alice@contoso.onmicrosoft.com".into()),
+        ..Default::default()
+    };
+    let found = passgate::audit::search(&set, &filter).unwrap();
+    assert!(found.hits.iter().all(|h| h.record["kind"] == "decision"));
+}
+
+#[tokio::test]
+async fn readyz_fails_and_the_gauges_show_it_when_the_audit_disk_is_below_its_floor() {
+    let healthy = start().await;
+    let admin = healthy.admin_url.clone().unwrap();
+    let r = send("GET", &format!("{admin}/readyz"), &[], b"").await;
+    let body = String::from_utf8_lossy(&r.body).to_string();
+    assert_eq!(r.status, 200, "{body}");
+    assert!(body.contains("ok   audit_disk"), "{body}");
+    let m = scrape(&healthy).await;
+    assert!(metric_value(&m, "passgate_audit_free_bytes", &[]) > 0.0);
+    assert_eq!(
+        metric_value(&m, "passgate_audit_min_free_bytes", &[]),
+        536_870_912.0
+    );
+
+    // A floor no disk here can meet (1 EB) stands in for a disk that is filling up.
+    let config = DEV_CONFIG.replacen(
+        "  rotate_max_bytes: 1048576",
+        "  rotate_max_bytes: 1048576\n  min_free_bytes: 1000000000000000000",
+        1,
+    );
+    let low = start_with(Some(config)).await;
+    let admin = low.admin_url.clone().unwrap();
+    let r = send("GET", &format!("{admin}/readyz"), &[], b"").await;
+    let body = String::from_utf8_lossy(&r.body).to_string();
+    assert_eq!(r.status, 503, "{body}");
+    assert!(body.contains("FAIL audit_disk"), "{body}");
+    assert!(
+        body.contains("audit.min_free_bytes"),
+        "the failure names the setting: {body}"
+    );
+    let m = scrape(&low).await;
+    assert_eq!(metric_value(&m, "passgate_audit_min_free_bytes", &[]), 1e18);
+    assert!(metric_value(&m, "passgate_audit_free_bytes", &[]) < 1e18);
+}
