@@ -265,6 +265,7 @@ fn decision_record(i: u64) -> DecisionRecord {
         status: None,
         message: None,
         abandoned: None,
+        approval_id: None,
     }
 }
 

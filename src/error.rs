@@ -53,6 +53,23 @@ pub enum Reason {
     /// Too many refusals before authentication from one client address
     /// (`server.limits.unauthenticated_per_client`): answered without an individual record.
     UnauthenticatedThrottled,
+    // --- two-person approval ---
+    /// The policy needs a second person's approval; a request for one was opened.
+    ApprovalRequired,
+    /// An approval was requested and is still waiting for an approver.
+    ApprovalPending,
+    ApprovalDenied,
+    ApprovalExpired,
+    /// Approval API: nobody approves their own request.
+    SelfApprovalNotAllowed,
+    /// Approval API: the caller is not among the policy's approvers.
+    ApproverNotAllowed,
+    /// Approval API: no such request visible to the caller.
+    ApprovalNotFound,
+    /// Approval API: the request is no longer pending.
+    ApprovalNotPending,
+    /// Approval API: a malformed request (body, query, method).
+    ApprovalRequestInvalid,
     // --- local and upstream failures (fail closed) ---
     AuditUnavailable,
     AppTokenUnavailable,
@@ -97,6 +114,15 @@ impl Reason {
             Reason::RateLimited => "rate_limited",
             Reason::LimitsUnavailable => "limits_unavailable",
             Reason::UnauthenticatedThrottled => "unauthenticated_throttled",
+            Reason::ApprovalRequired => "approval_required",
+            Reason::ApprovalPending => "approval_pending",
+            Reason::ApprovalDenied => "approval_denied",
+            Reason::ApprovalExpired => "approval_expired",
+            Reason::SelfApprovalNotAllowed => "self_approval_not_allowed",
+            Reason::ApproverNotAllowed => "approver_not_allowed",
+            Reason::ApprovalNotFound => "approval_not_found",
+            Reason::ApprovalNotPending => "approval_not_pending",
+            Reason::ApprovalRequestInvalid => "approval_request_invalid",
             Reason::AuditUnavailable => "audit_unavailable",
             Reason::AppTokenUnavailable => "app_token_unavailable",
             Reason::UpstreamUnreachable => "upstream_unreachable",
@@ -135,6 +161,15 @@ impl Reason {
             | Reason::DeviceNotRegistered
             | Reason::DeviceNotInAllowedGroup
             | Reason::PlatformNotAllowed => StatusCode::FORBIDDEN,
+            Reason::ApprovalRequired
+            | Reason::ApprovalPending
+            | Reason::ApprovalDenied
+            | Reason::ApprovalExpired
+            | Reason::SelfApprovalNotAllowed
+            | Reason::ApproverNotAllowed => StatusCode::FORBIDDEN,
+            Reason::ApprovalNotFound => StatusCode::NOT_FOUND,
+            Reason::ApprovalNotPending => StatusCode::CONFLICT,
+            Reason::ApprovalRequestInvalid => StatusCode::BAD_REQUEST,
             Reason::RateLimited | Reason::UnauthenticatedThrottled => StatusCode::TOO_MANY_REQUESTS,
             Reason::KeysUnavailable
             | Reason::DeviceFactsUnavailable

@@ -7,6 +7,7 @@
 //! `policy` knows nothing of the network; nothing but the CLI and tests imports `sandbox`.
 
 pub mod admin;
+pub mod approval;
 pub mod audit;
 pub mod auth;
 pub mod config;

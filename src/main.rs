@@ -49,6 +49,11 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin_listen: String,
     },
+    /// Two-person approvals: list, show, approve or deny requests through a gateway.
+    Approvals {
+        #[command(subcommand)]
+        command: passgate::approval::cli::ApprovalsCommand,
+    },
     /// Audit trail tools.
     Audit {
         #[command(subcommand)]
@@ -86,6 +91,7 @@ async fn main() -> ExitCode {
             run_dev(state_file, listen, audit_log, admin_listen).await
         }
         Command::Audit { command } => passgate::audit::cli::run(command),
+        Command::Approvals { command } => passgate::approval::cli::run(command).await,
     }
 }
 

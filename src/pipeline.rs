@@ -12,7 +12,9 @@
 //! closed. Stage timing lives in [`Gateway::timed`] alone. No token ever reaches a log line.
 
 mod answer;
+mod approvals;
 
+use crate::approval::Cleared;
 use crate::audit::{AuditLog, Authorized, DenialNote, OutcomeRecord, Uncommitted};
 use crate::auth::{Authenticator, Operator};
 use crate::error::{self, BodyError, Reason};
@@ -50,6 +52,8 @@ pub struct Gateway {
     pub metrics: Metrics,
     /// Budgets for refusals before authentication, per client (outlives reloads).
     pub preauth: Arc<PreAuthBudget>,
+    /// The two-person approval step and API.
+    pub approvals: crate::approval::Approvals,
     /// `audit.min_free_bytes`: `/readyz` fails below it (0: no floor).
     pub audit_min_free_bytes: u64,
 }
@@ -220,6 +224,29 @@ impl Gateway {
         let _in_flight = InFlight::enter(&self.metrics);
         let (parts, body) = req.into_parts();
         let inbound = request_filter(&parts, conn.into());
+        if parts.uri.scheme().is_none() {
+            if let Some(parsed) =
+                crate::approval::api::parse(&parts.method, parts.uri.path(), parts.uri.query())
+            {
+                let (resp, reason) = self
+                    .serve_approvals(&inbound, parsed, &parts.headers, body)
+                    .await;
+                let decision = if reason == Reason::Allowed {
+                    "allow"
+                } else {
+                    "deny"
+                };
+                self.record_metrics(
+                    &Verdict {
+                        route: "approvals_api",
+                        decision,
+                        reason,
+                    },
+                    received,
+                );
+                return resp;
+            }
+        }
         let target = route_target(&parts.uri);
         let (resp, verdict) = match self
             .run(
@@ -265,12 +292,21 @@ impl Gateway {
         let candidate = self
             .timed(Stage::Decide, async { self.decide(assessed) })
             .await?;
+        let screened = self.screen_approval(inbound, &candidate).await;
+        let screened = match screened {
+            Ok(s) => s,
+            Err(d) => return Err(approval_refusal(*d, Known::from(candidate))),
+        };
         let permit = self
             .timed(Stage::RateLimit, self.admit(inbound, candidate))
             .await?;
-        // An approval step would go here: it consumes the Permit and hands one on.
+        let cleared = self
+            .approvals
+            .clear(inbound, permit, screened, chrono::Utc::now())
+            .await
+            .map_err(|(permit, d)| approval_refusal(*d, Known::from(permit)))?;
         let authorized = self
-            .timed(Stage::Audit, self.commit(inbound, permit))
+            .timed(Stage::Audit, self.commit(inbound, cleared))
             .await?;
         let route = authorized.action().form.label();
         let rate = authorized.rate().cloned();
@@ -408,33 +444,57 @@ impl Gateway {
             })
     }
 
+    /// approval (before the limits): a policy with `approval:` needs a usable approval; without
+    /// one a request is opened (or the open one named) and the call refused.
+    async fn screen_approval(
+        &self,
+        inbound: &Inbound,
+        candidate: &Candidate,
+    ) -> Result<crate::approval::Screened, Box<crate::approval::ApprovalDenial>> {
+        self.approvals
+            .screen(inbound, candidate, chrono::Utc::now())
+            .await
+    }
+
     /// commit: the allow record, durable before anything is forwarded (fail closed).
-    async fn commit(&self, inbound: &Inbound, permit: Permit) -> Result<Authorized, Box<Refusal>> {
-        let authorized = self.audit.commit_allow(inbound, permit).await;
-        if let Ok(a) = &authorized {
-            let (operator, action) = (a.permit().operator(), a.action());
-            tracing::debug!(request_id = %inbound.request_id, oid = %operator.oid, target = %action.target(), audit_seq = a.seq(), "allowed");
-        }
-        authorized.map_err(|failed| {
-            let Uncommitted { permit, error: e } = *failed;
-            tracing::error!(request_id = %inbound.request_id, error = %error::chain(&e), "audit write failed; refusing (fail closed)");
-            let mut r = Refusal::new(
-                Reason::AuditUnavailable,
-                "the audit log cannot be written; nothing was forwarded",
-                Known::from(permit),
-            );
-            if e.may_land_as_submitted() {
-                // The allow record may still land: say in an outcome what the client got.
-                self.audit.note_abandoned(&inbound.request_id);
+    async fn commit(
+        &self,
+        inbound: &Inbound,
+        cleared: Cleared,
+    ) -> Result<Authorized, Box<Refusal>> {
+        let failed = match self.audit.commit_allow(inbound, cleared).await {
+            Ok(a) => {
+                let (operator, action) = (a.permit().operator(), a.action());
+                tracing::debug!(request_id = %inbound.request_id, oid = %operator.oid, target = %action.target(), audit_seq = a.seq(), "allowed");
+                return Ok(a);
             }
-            // Abandoned or stalled, this request's decision record already says (or will say,
-            // with its outcome) what the client gets: no second decision record for it.
-            r.recorded = matches!(
-                e,
-                crate::audit::CommitError::Abandoned(_) | crate::audit::CommitError::Stalled(_)
-            );
-            r
-        })
+            Err(failed) => failed,
+        };
+        let Uncommitted { cleared, error: e } = *failed;
+        tracing::error!(request_id = %inbound.request_id, error = %error::chain(&e), "audit write failed; refusing (fail closed)");
+        if !e.may_land_as_submitted() {
+            // Nothing is forwarded and no allow record stands: an approval it used is usable
+            // again. One whose record may still land stays used.
+            self.approvals
+                .give_back(&cleared, &inbound.request_id)
+                .await;
+        }
+        let mut r = Refusal::new(
+            Reason::AuditUnavailable,
+            "the audit log cannot be written; nothing was forwarded",
+            Known::from(cleared.into_permit()),
+        );
+        if e.may_land_as_submitted() {
+            // The allow record may still land: say in an outcome what the client got.
+            self.audit.note_abandoned(&inbound.request_id);
+        }
+        // Abandoned or stalled, this request's decision record already says (or will say,
+        // with its outcome) what the client gets: no second decision record for it.
+        r.recorded = matches!(
+            e,
+            crate::audit::CommitError::Abandoned(_) | crate::audit::CommitError::Stalled(_)
+        );
+        Err(r)
     }
 
     /// outcome: the outcome record and metrics of a forward, and the operator's answer.
@@ -602,6 +662,18 @@ impl Gateway {
             .with_label_values(&[v.decision])
             .observe(received.elapsed().as_secs_f64());
     }
+}
+
+/// An approval-step refusal, with the request's id in `Passgate-Approval-Id`.
+fn approval_refusal(d: crate::approval::ApprovalDenial, known: Known) -> Box<Refusal> {
+    let mut r = Refusal::new(d.reason, d.message, known);
+    if let Some(id) = d
+        .approval_id
+        .and_then(|id| http::HeaderValue::from_str(&id).ok())
+    {
+        r.headers.insert("passgate-approval-id", id);
+    }
+    r
 }
 
 /// What the operator is told when Graph gave no answer: fixed sentences, never a cause's text.

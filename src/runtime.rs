@@ -5,6 +5,8 @@
 //! never reopens the audit file and never resets limits; an invalid new configuration leaves the
 //! running one untouched, and a changed restart-only key is never silently ignored.
 
+use crate::approval::store::{ApprovalStore, MemoryApprovals};
+use crate::approval::Approvals;
 use crate::audit::{AuditError, AuditLog, AuditOptionsError};
 use crate::auth::{keys::KeyStore, AuthSettings, Authenticator};
 use crate::config::{self, AssertionFormat, SecretError, Settings};
@@ -141,6 +143,8 @@ pub struct Shared {
     pub limiter: Arc<RateLimiter>,
     /// Budgets for refusals before authentication; its flusher writes their summaries.
     pub preauth: Arc<PreAuthBudget>,
+    /// Approval requests: in this process, or in Redis with the limits.
+    pub approvals: Arc<dyn ApprovalStore>,
     pub metrics: Metrics,
     pub audit: AuditLog,
     /// Operator-token keys, reused by a reload whose key source is unchanged.
@@ -172,14 +176,20 @@ impl Shared {
         let metrics = Metrics::new();
         let fsync = metrics.audit_fsync.clone();
         audit.set_fsync_observer(Arc::new(move |d: Duration| fsync.observe(d.as_secs_f64())));
-        let store: Arc<dyn WindowStore> = match &settings.state {
-            None => Arc::new(MemoryStore::new()),
+        let (store, approvals): (Arc<dyn WindowStore>, Arc<dyn ApprovalStore>) = match &settings
+            .state
+        {
+            None => (
+                Arc::new(MemoryStore::new()),
+                Arc::new(MemoryApprovals::new()),
+            ),
             Some(redis) => {
                 let (store, down) = RedisStore::connect(redis).await?;
                 if let Some(e) = down {
                     tracing::error!(error = %e, "Redis (state.redis) is not answering; requests get 503 limits_unavailable until it does");
                 }
-                Arc::new(store)
+                let store = Arc::new(store);
+                (store.clone(), store)
             }
         };
         for kind in StoreErrorKind::ALL {
@@ -197,6 +207,7 @@ impl Shared {
         let preauth = Arc::new(PreAuthBudget::new(n, per, s.unauthenticated_summary));
         tokio::spawn(preauth.clone().run_flusher(audit.clone()));
         Ok(Shared {
+            approvals,
             preauth,
             limiter: Arc::new(RateLimiter::new(store)),
             metrics,
@@ -612,6 +623,27 @@ pub async fn build_gateway(settings: &Settings, shared: &Shared) -> Result<Gatew
     let (n, per) = crate::config::parse_rate(&settings.graph.facts_lookups_per_operator)
         .unwrap_or((60, Duration::from_secs(60)));
     let facts = facts.with_operator_budget(n, per);
+    let mut webhooks = std::collections::BTreeMap::new();
+    for (policy, rule) in &settings.approvals {
+        if let Some(r) = &rule.webhook {
+            let url = r.resolve().map_err(|source| StartError::Secret {
+                what: "policies[].approval.notify.webhook",
+                source,
+            })?;
+            webhooks.insert(policy.clone(), url.expose().trim().to_string());
+        }
+    }
+    let approvals = Approvals::new(
+        shared.approvals.clone(),
+        settings.approvals.clone(),
+        shared.audit.clone(),
+        shared.metrics.approval_events.clone(),
+        crate::approval::notify::Notifier::new(
+            client.clone(),
+            webhooks,
+            shared.metrics.approval_notifications.clone(),
+        ),
+    );
     let forwarder = Forwarder::new(
         client,
         ep.graph.clone(),
@@ -628,6 +660,7 @@ pub async fn build_gateway(settings: &Settings, shared: &Shared) -> Result<Gatew
         audit: shared.audit.clone(),
         metrics: shared.metrics.clone(),
         preauth: shared.preauth.clone(),
+        approvals,
         audit_min_free_bytes: settings.audit.min_free_bytes,
     })
 }

@@ -56,6 +56,10 @@ pub struct Metrics {
     pub audit_free_bytes: IntGauge,
     /// `audit.min_free_bytes` in force; `/readyz` fails below it.
     pub audit_min_free_bytes: IntGauge,
+    /// Two-person approval events: requested, approved, denied, expired, consumed, refused.
+    pub approval_events: IntCounterVec,
+    /// Webhook deliveries of new approval requests, by result.
+    pub approval_notifications: IntCounterVec,
 }
 
 /// A pipeline stage, for `passgate_stage_duration_seconds{stage}`.
@@ -276,6 +280,24 @@ impl Metrics {
             "passgate_audit_min_free_bytes",
             "audit.min_free_bytes in force (0: no floor); /readyz fails while free space is below it.",
         );
+        let approval_events = counter(
+            &r,
+            "passgate_approval_events_total",
+            "Two-person approval events, by event: requested, approved, denied, expired, consumed, refused (an approve or deny that was not taken).",
+            &["event"],
+        );
+        for e in crate::approval::Event::ALL {
+            approval_events.with_label_values(&[e.as_str()]);
+        }
+        let approval_notifications = counter(
+            &r,
+            "passgate_approval_notifications_total",
+            "Webhook deliveries announcing new approval requests, by result: success, failure.",
+            &["result"],
+        );
+        for result in ["success", "failure"] {
+            approval_notifications.with_label_values(&[result]);
+        }
         config_last_reload_success.set(chrono::Utc::now().timestamp() as f64);
         config_reloads.with_label_values(&["success"]).inc();
         Metrics {
@@ -302,6 +324,8 @@ impl Metrics {
             unauthenticated_throttled_clients,
             audit_free_bytes,
             audit_min_free_bytes,
+            approval_events,
+            approval_notifications,
         }
     }
 

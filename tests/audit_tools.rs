@@ -59,6 +59,7 @@ fn decision(id: &str, upn: &str, device: &str, decision: Decision, reason: &str)
         status: deny.then_some(403),
         message: deny.then(|| "refused, see reason".to_owned()),
         abandoned: None,
+        approval_id: None,
     }
 }
 

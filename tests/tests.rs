@@ -16,6 +16,7 @@
 mod common;
 
 mod app_credentials;
+mod approvals;
 mod audit_tools;
 mod cli;
 mod concurrency;

@@ -1,10 +1,11 @@
-//! The bridge from the typed request lifecycle to audit records: `commit_allow` turns a `Permit`
-//! into the `Authorized` the forwarder demands, `commit_deny` records a refusal. Records are
+//! The bridge from the typed request lifecycle to audit records: `commit_allow` turns a
+//! `Cleared` permit (past limits and the approval step) into the `Authorized` the forwarder demands, `commit_deny` records a refusal. Records are
 //! built here from the lifecycle's typed outputs and nothing else. This module must never hand
 //! out an `Authorized` for a record that is not durable, nor one for a denial.
 
 use super::record::{Decision, DecisionRecord, DeviceRecord, OperatorRecord, TargetRecord};
 use super::{AuditError, AuditLog, AuditReceipt};
+use crate::approval::Cleared;
 use crate::auth::{Operator, OperatorKind};
 use crate::error::Reason;
 use crate::lifecycle::{Inbound, Known};
@@ -50,17 +51,21 @@ impl CommitError {
 /// Private fields; only [`AuditLog::commit_allow`] makes one.
 #[derive(Debug)]
 pub struct Authorized {
-    permit: Permit,
+    cleared: Cleared,
     receipt: AuditReceipt,
     client_request_id: String,
 }
 
 impl Authorized {
     pub fn permit(&self) -> &Permit {
-        &self.permit
+        self.cleared.permit()
+    }
+    /// The approval this action used, when its policy asks for one.
+    pub fn approval_id(&self) -> Option<&str> {
+        self.cleared.approval().map(|a| a.id.as_str())
     }
     pub fn action(&self) -> &Action {
-        self.permit.action()
+        self.permit().action()
     }
     /// Sequence number of the allow record in the audit chain.
     pub fn seq(&self) -> u64 {
@@ -78,14 +83,14 @@ impl Authorized {
         &self.client_request_id
     }
     pub fn rate(&self) -> Option<&RateInfo> {
-        self.permit.rate()
+        self.permit().rate()
     }
 }
 
 /// A permit whose allow record could not be committed; nothing may be forwarded for it.
 #[derive(Debug)]
 pub struct Uncommitted {
-    pub permit: Permit,
+    pub cleared: Cleared,
     pub error: CommitError,
 }
 
@@ -113,13 +118,14 @@ pub struct DenialNote<'a> {
 const MAX_MESSAGE_BYTES: usize = 512;
 
 impl AuditLog {
-    /// Makes the allow record of `permit` durable, within [`COMMIT_TIMEOUT`].
+    /// Makes the allow record of a cleared permit durable, within [`COMMIT_TIMEOUT`].
     pub async fn commit_allow(
         &self,
         inbound: &Inbound,
-        permit: Permit,
+        cleared: Cleared,
     ) -> Result<Authorized, Box<Uncommitted>> {
-        let rec = decision_record(
+        let permit = cleared.permit();
+        let mut rec = decision_record(
             inbound,
             Subject {
                 action: Some(permit.action()),
@@ -132,13 +138,14 @@ impl AuditLog {
             None,
             None,
         );
+        rec.approval_id = cleared.approval().map(|a| a.id.clone());
         match self.commit(rec).await {
             Ok(receipt) => Ok(Authorized {
-                permit,
+                cleared,
                 receipt,
                 client_request_id: inbound.client_request_id.clone(),
             }),
-            Err(error) => Err(Box::new(Uncommitted { permit, error })),
+            Err(error) => Err(Box::new(Uncommitted { cleared, error })),
         }
     }
 
@@ -235,6 +242,7 @@ fn decision_record(
         status,
         message,
         abandoned: None,
+        approval_id: None,
     }
 }
 

@@ -20,6 +20,7 @@ pub(crate) const SUFFIX_LEN: usize = HASH_PREFIX.len() + 64 + 2;
 pub(crate) enum LineKind {
     Decision,
     Outcome,
+    Approval,
     Throttled,
     Recovery,
 }
@@ -29,15 +30,17 @@ impl LineKind {
         match self {
             LineKind::Decision => "decision",
             LineKind::Outcome => "outcome",
+            LineKind::Approval => "approval",
             LineKind::Throttled => "throttled",
             LineKind::Recovery => "recovery",
         }
     }
 
     /// Every kind, so the verifier knows exactly the words the writer may write.
-    pub(crate) const ALL: [LineKind; 4] = [
+    pub(crate) const ALL: [LineKind; 5] = [
         LineKind::Decision,
         LineKind::Outcome,
+        LineKind::Approval,
         LineKind::Throttled,
         LineKind::Recovery,
     ];

@@ -13,6 +13,7 @@
 //! ```
 //!
 //! - `kind` is `decision` ([`DecisionRecord`] fields), `outcome` ([`OutcomeRecord`] fields),
+//!   `approval` ([`ApprovalRecord`] fields: one step of a two-person approval),
 //!   `throttled` ([`ThrottledRecord`] fields: refusals before authentication past the client's
 //!   budget, answered 429 and counted per client and reason instead of one record each) or
 //!   `recovery` ([`RecoveryRecord`] fields, written by the writer after cutting a torn tail).
@@ -78,8 +79,8 @@ pub use options::{
     check_hmac_key, AuditOptions, AuditOptionsError, FsyncObserver, KeyTooShort, MIN_HMAC_KEY_BYTES,
 };
 pub use record::{
-    AbandonedDecision, Decision, DecisionRecord, DeviceRecord, OperatorRecord, OutcomeRecord,
-    RecoveryRecord, TargetRecord, ThrottledRecord, MAX_PATH_BYTES,
+    AbandonedDecision, ApprovalPerson, ApprovalRecord, Decision, DecisionRecord, DeviceRecord,
+    OperatorRecord, OutcomeRecord, RecoveryRecord, TargetRecord, ThrottledRecord, MAX_PATH_BYTES,
 };
 pub use rotation::{rotated_files, rotation_set};
 pub use search::{search, Format, Hit, SearchError, SearchFilter, SearchResult};

@@ -64,6 +64,9 @@ pub struct DecisionRecord {
     pub decision: Decision,
     pub reason: String,
     pub policy: Option<String>,
+    /// The two-person approval an allow used (policies with `approval:`); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
     /// HTTP status returned for a deny; `None` for an allow.
     pub status: Option<u16>,
     pub message: Option<String>,
@@ -122,6 +125,36 @@ pub struct RecoveryRecord {
     pub cut_sha256: String,
     /// File name (same directory as the log) the cut bytes were copied to.
     pub side_file: String,
+}
+
+/// Someone named in an approval record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalPerson {
+    pub oid: String,
+    pub upn: Option<String>,
+}
+
+/// One step in the life of a two-person approval (`kind: approval`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalRecord {
+    /// `requested`, `approved`, `denied`, `expired`, `consumed` or `refused` (an approve or deny
+    /// that was not taken; `reason` says why).
+    pub event: String,
+    pub approval_id: String,
+    /// The gateway request that opened, found expired or used the approval.
+    pub request_id: Option<String>,
+    pub policy: String,
+    pub action: String,
+    pub managed_device_id: String,
+    pub requester: ApprovalPerson,
+    /// Who approved, denied or tried to (absent for the requester's own steps).
+    pub actor: Option<ApprovalPerson>,
+    pub comment: Option<String>,
+    pub reason: Option<String>,
+    /// The request's state after this event.
+    pub state: String,
+    pub pending_until: String,
+    pub valid_until: Option<String>,
 }
 
 /// Refusals before authentication that were answered `429 unauthenticated_throttled` without a

@@ -46,6 +46,7 @@ fn decision(id: &str) -> DecisionRecord {
         status: None,
         message: None,
         abandoned: None,
+        approval_id: None,
     }
 }
 

@@ -19,7 +19,9 @@ use super::chain::{sync_parent_dir, Chain, Committed};
 use super::error::{AuditError, FailureCounts, FailureKind};
 use super::line::{parse_line, record_fields, LineKind, GENESIS_PREV};
 use super::options::{check_hmac_key, AuditOptions, FsyncObserver};
-use super::record::{DecisionRecord, OutcomeRecord, ThrottledRecord, MAX_PATH_BYTES};
+use super::record::{
+    ApprovalRecord, DecisionRecord, OutcomeRecord, ThrottledRecord, MAX_PATH_BYTES,
+};
 use super::rotation::rotated_files;
 use super::scan::{read_first_line, read_tail, ReadFromStart};
 
@@ -344,6 +346,14 @@ impl AuditLog {
     pub async fn record_outcome(&self, rec: OutcomeRecord) -> Result<(), AuditError> {
         let fields = record_fields(&rec)?;
         self.submit(LineKind::Outcome, fields, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Appends one approval event; durable like the others.
+    pub async fn record_approval(&self, rec: ApprovalRecord) -> Result<(), AuditError> {
+        let fields = record_fields(&rec)?;
+        self.submit(LineKind::Approval, fields, None)
             .await
             .map(|_| ())
     }

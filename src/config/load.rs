@@ -3,7 +3,7 @@
 //! fix it. Validation refuses anything ambiguous and never echoes a secret value.
 
 use super::locate::{KeyPath, Locator, Pos};
-use super::schema::{Cloud, Config, DeviceMatch, OperatorMatch, PolicyConfig};
+use super::schema::{Cloud, Config, DeviceMatch, OperatorMatch, PolicyConfig, SecretRef};
 use super::settings::{Endpoints, OperatorAuthSettings, ServerSettings, Settings};
 use crate::policy::{Limit, LimitScope, PolicySettings};
 use std::collections::{BTreeSet, HashMap};
@@ -285,6 +285,7 @@ impl Validator<'_> {
         }
 
         let policies = self.policies(&raw.policies)?;
+        let approvals = self.approvals(&raw.policies)?;
         let state = match &raw.state {
             Some(st) => Some(self.redis(&root.key("state").key("redis"), &st.redis)?),
             None => None,
@@ -317,6 +318,7 @@ impl Validator<'_> {
             graph: raw.graph.clone(),
             audit: raw.audit.clone(),
             policies,
+            approvals,
             state,
             raw,
         })
@@ -619,6 +621,80 @@ impl Validator<'_> {
             platforms,
             limits,
         })
+    }
+
+    /// Each policy's `approval:` block, by policy name.
+    fn approvals(
+        &self,
+        raw: &[PolicyConfig],
+    ) -> R<std::collections::BTreeMap<String, crate::approval::ApprovalRule>> {
+        let mut out = std::collections::BTreeMap::new();
+        for (i, p) in raw.iter().enumerate() {
+            let Some(a) = &p.approval else { continue };
+            let path = KeyPath::root().key("policies").index(i).key("approval");
+            let ap = path.key("approvers");
+            let o = &a.approvers;
+            if o.users.is_empty() && o.groups.is_empty() && o.app_roles.is_empty() {
+                return Err(self.err(&ap, false, format!("policy `{}` names no approvers", p.name.trim()), "list at least one of `users` (object ids), `groups` (group object ids) or `app_roles` (app role values) who may approve"));
+            }
+            let (users, groups, app_roles) = self.operators(&ap, p.name.trim(), o)?;
+            let bounded = |key: &str, text: &str, min: Duration, max: Duration, what: &str| {
+                let d =
+                    parse_duration(text).map_err(|(m, h)| self.err(&path.key(key), true, m, &h))?;
+                if d < min || d > max {
+                    return Err(self.err(
+                        &path.key(key),
+                        true,
+                        format!(
+                            "`{}` is outside {}..={}",
+                            text.trim(),
+                            show_duration(min),
+                            show_duration(max)
+                        ),
+                        what,
+                    ));
+                }
+                Ok(d)
+            };
+            let valid_for = bounded(
+                "valid_for",
+                &a.valid_for,
+                Duration::from_secs(60),
+                Duration::from_secs(86_400),
+                "how long a granted approval can be used; the default is 30m",
+            )?;
+            let pending_for = bounded(
+                "pending_for",
+                &a.pending_for,
+                Duration::from_secs(60),
+                Duration::from_secs(30 * 86_400),
+                "how long a request waits for an approver; the default is 24h",
+            )?;
+            if let Some(n) = &a.notify {
+                if let SecretRef::Inline(_) = n.webhook {
+                    return Err(self.err(
+                        &path.key("notify").key("webhook"),
+                        true,
+                        "the webhook URL must not be written inline".into(),
+                        "write env:NAME or file:PATH: the URL usually carries a token",
+                    ));
+                }
+            }
+            out.insert(
+                p.name.trim().to_string(),
+                crate::approval::ApprovalRule {
+                    approvers: crate::approval::ApproverSet {
+                        users,
+                        groups,
+                        app_roles,
+                    },
+                    valid_for,
+                    pending_for,
+                    webhook: a.notify.as_ref().map(|n| n.webhook.clone()),
+                },
+            );
+        }
+        Ok(out)
     }
 
     #[allow(clippy::type_complexity)]
@@ -1085,6 +1161,36 @@ impl Validator<'_> {
             "http" => Err(self.err(path, true, format!("`{t}` is plain http to a non-loopback host"), "use https://; http:// is only allowed to 127.0.0.0/8, [::1] or localhost (the sandbox)")),
             _ => Err(self.err(path, true, format!("`{t}` is not an https URL"), "use an https:// URL")),
         }
+    }
+}
+
+/// Parses a duration: an integer and one unit (`s`, `m`, `h`, `d`), e.g. `30m`, `24h`.
+pub fn parse_duration(text: &str) -> Result<Duration, (String, String)> {
+    let hint = "write an integer and a unit, e.g. `90s`, `30m`, `24h`, `7d`".to_string();
+    let t = text.trim();
+    let unit_at = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(unit_at);
+    let mult: u64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err((format!("`{t}` is not a duration"), hint)),
+    };
+    let amount: u64 = digits
+        .parse()
+        .map_err(|_| (format!("`{t}` is not a duration"), hint.clone()))?;
+    Ok(Duration::from_secs(amount.saturating_mul(mult)))
+}
+
+/// A duration the way the config writes it.
+pub fn show_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
     }
 }
 

@@ -458,6 +458,41 @@ pub struct PolicyConfig {
     /// Rate limits; all that are set must admit the request.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Two-person approval: a second person must approve each use (see docs/policies.md).
+    #[serde(default)]
+    pub approval: Option<ApprovalConfig>,
+}
+
+/// `approval:` of a policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalConfig {
+    /// Who may approve; same shape as `operators`. At least one list must be non-empty.
+    pub approvers: OperatorMatch,
+    /// How long a granted approval can be used, e.g. `30m` (1m..=24h). Default `30m`.
+    #[serde(default = "default_valid_for")]
+    pub valid_for: String,
+    /// How long a request waits for an approver, e.g. `24h` (1m..=30d). Default `24h`.
+    #[serde(default = "default_pending_for")]
+    pub pending_for: String,
+    /// Where new pending requests are announced.
+    #[serde(default)]
+    pub notify: Option<NotifyConfig>,
+}
+
+fn default_valid_for() -> String {
+    "30m".into()
+}
+fn default_pending_for() -> String {
+    "24h".into()
+}
+
+/// A notification target. The webhook URL is a secret (it often embeds a token).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// `env:NAME` or `file:PATH` holding an https:// URL (http:// only to loopback).
+    pub webhook: SecretRef,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -29,6 +29,8 @@ pub struct Settings {
     pub state: Option<super::schema::RedisConfig>,
     /// In config order: the first policy that admits a request is the one recorded.
     pub policies: Vec<PolicySettings>,
+    /// Approval rules by policy name (policies without `approval:` have none).
+    pub approvals: std::collections::BTreeMap<String, crate::approval::ApprovalRule>,
 }
 
 /// Every URL passgate talks to, resolved from the cloud defaults and the overrides.

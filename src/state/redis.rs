@@ -511,3 +511,6 @@ impl WindowStore for RedisStore {
         "redis"
     }
 }
+
+#[path = "redis_approvals.rs"]
+mod approvals;
