@@ -8,8 +8,11 @@
 //! RateLimiter::admit(Candidate, request id).await ─▶ Permit {candidate, rate}
 //!     (a WindowStore — memory or Redis — checks and consumes the windows; only the limiter
 //!      turns its answer into a Permit, and a store that cannot answer is a refusal)
-//!     (an approval step slots in here: it consumes a Permit and hands one on)
-//! AuditLog::commit_allow(&Inbound, Permit) ─▶ Authorized {permit, seq, hash}
+//! Approvals::clear(&Inbound, Permit, Screened).await ─▶ Cleared {permit, approval}
+//!     (a policy with `approval:` needs an approved, unexpired, unused approval for exactly this
+//!      operator, device, action and policy; `Approvals::screen` looked for it before the limits,
+//!      `clear` uses it — once; a policy without one passes straight through)
+//! AuditLog::commit_allow(&Inbound, Cleared) ─▶ Authorized {cleared, seq, hash}
 //! Forwarder::forward(Authorized) ─▶ Graph's answer
 //! ```
 //!
@@ -27,8 +30,24 @@
 //! ```compile_fail,E0451
 //! // An Authorized has private fields: only AuditLog::commit_allow makes one.
 //! let a = passgate::audit::Authorized {
-//!     permit: todo!(), receipt: todo!(), client_request_id: String::new(),
+//!     cleared: todo!(), receipt: todo!(), client_request_id: String::new(),
 //! };
+//! ```
+//!
+//! ```compile_fail,E0451
+//! // A Cleared has private fields: only Approvals::clear makes one.
+//! let c = passgate::approval::Cleared { permit: todo!(), approval: None };
+//! ```
+//!
+//! ```compile_fail,E0308
+//! // The audit commit takes a Cleared, not a Permit: the approval step cannot be skipped.
+//! async fn skip_approval(
+//!     log: &passgate::audit::AuditLog,
+//!     i: &passgate::lifecycle::Inbound,
+//!     p: passgate::policy::Permit,
+//! ) {
+//!     let _ = log.commit_allow(i, p).await;
+//! }
 //! ```
 //!
 //! ```compile_fail,E0308

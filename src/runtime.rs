@@ -61,6 +61,9 @@ pub enum StartError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     State(#[from] crate::state::redis::RedisStartError),
+    /// The URL itself is never shown: it is a secret.
+    #[error("policy {policy}: approval.notify.webhook: {why}")]
+    Webhook { policy: String, why: &'static str },
 }
 
 /// A key a reload cannot apply to the running process.
@@ -630,7 +633,24 @@ pub async fn build_gateway(settings: &Settings, shared: &Shared) -> Result<Gatew
                 what: "policies[].approval.notify.webhook",
                 source,
             })?;
-            webhooks.insert(policy.clone(), url.expose().trim().to_string());
+            let url = url.expose().trim().to_string();
+            let bad = |why| StartError::Webhook {
+                policy: policy.clone(),
+                why,
+            };
+            let parsed = url::Url::parse(&url).map_err(|_| bad("not a URL"))?;
+            let loopback = match parsed.host() {
+                Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                None => false,
+            };
+            match parsed.scheme() {
+                "https" => {}
+                "http" if loopback => {}
+                _ => return Err(bad("must be an https:// URL (http:// only to loopback)")),
+            }
+            webhooks.insert(policy.clone(), url);
         }
     }
     let approvals = Approvals::new(

@@ -271,6 +271,31 @@ async fn a_second_person_approves_once_and_the_repeat_is_forwarded_once() {
             &["result=\"success\""]
         ) >= 1.0
     );
+    // Search finds the approver's steps by the approver, and the whole story by device.
+    let set = audit_set(&env);
+    let by_bob = passgate::audit::search(
+        &set,
+        &passgate::audit::SearchFilter {
+            operator: Some(BOB.into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let bob_events: Vec<&str> = by_bob
+        .hits
+        .iter()
+        .filter_map(|h| h.record["event"].as_str())
+        .collect();
+    assert_eq!(bob_events, ["approved", "refused", "denied"]);
+    let consumed = passgate::audit::search(
+        &set,
+        &passgate::audit::SearchFilter {
+            reason: Some("consumed".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(consumed.hits.len(), 1);
     // The webhook URL (a secret) appears in no audit line.
     assert!(!records
         .iter()

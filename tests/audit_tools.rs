@@ -814,6 +814,7 @@ fn check_against_schema(schema: &serde_json::Value, def: &str, rec: &serde_json:
         if v.is_object() {
             let nested = decl["oneOf"][0]["$ref"]
                 .as_str()
+                .or(decl["$ref"].as_str())
                 .unwrap()
                 .trim_start_matches("#/$defs/");
             check_against_schema(schema, nested, v);
@@ -840,6 +841,7 @@ async fn every_record_kind_the_writer_writes_fits_the_schema() {
         [
             "#/$defs/decision",
             "#/$defs/outcome",
+            "#/$defs/approval",
             "#/$defs/throttled",
             "#/$defs/recovery"
         ]
@@ -849,6 +851,7 @@ async fn every_record_kind_the_writer_writes_fits_the_schema() {
         "header",
         "decision",
         "outcome",
+        "approval",
         "throttled",
         "recovery",
         "operator",
@@ -888,6 +891,29 @@ async fn every_record_kind_the_writer_writes_fits_the_schema() {
         latency_ms: f64::NAN,
         graph_request_id: None,
         ..outcome("d2", 504, Some("timeout"))
+    })
+    .await
+    .unwrap();
+    log.record_approval(passgate::audit::ApprovalRecord {
+        event: "approved".into(),
+        approval_id: "0b5d5ae6-39a4-4c5b-a0f5-2b3c0a3f9d11".into(),
+        request_id: None,
+        policy: "helpdesk".into(),
+        action: "recoverPasscode".into(),
+        managed_device_id: DEV_A.into(),
+        requester: passgate::audit::ApprovalPerson {
+            oid: "oid-alice".into(),
+            upn: Some("alice@example.com".into()),
+        },
+        actor: Some(passgate::audit::ApprovalPerson {
+            oid: "oid-bob".into(),
+            upn: None,
+        }),
+        comment: Some("ok".into()),
+        reason: None,
+        state: "approved".into(),
+        pending_until: "2026-12-02T02:00:00.000Z".into(),
+        valid_until: Some("2026-12-02T01:30:00.000Z".into()),
     })
     .await
     .unwrap();
@@ -931,7 +957,7 @@ async fn every_record_kind_the_writer_writes_fits_the_schema() {
     }
     assert_eq!(
         seen.into_iter().collect::<Vec<_>>(),
-        ["decision", "outcome", "recovery", "throttled"]
+        ["approval", "decision", "outcome", "recovery", "throttled"]
     );
     verify_set(&[path], &keyed()).unwrap();
 }

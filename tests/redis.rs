@@ -41,6 +41,8 @@ struct GwOpts<'a> {
     faketime: Option<&'a str>,
     /// Password handed in the environment (the config references it).
     password: Option<&'a str>,
+    /// YAML appended to the helpdesk policy (e.g. an `approval:` block), indented 4.
+    policy_extra: &'a str,
 }
 
 fn state_yaml(url: &str, extra: &str) -> String {
@@ -66,8 +68,8 @@ impl Gw {
                 1,
             )
             .replacen(
-                "global: \"200 per 1h\"",
-                &format!("global: \"{global}\""),
+                "global: \"200 per 1h\"\n",
+                &format!("global: \"{global}\"\n{}", o.policy_extra),
                 1,
             )
             // One operator drives every test here: lift the (per-process) device-lookup budget,
@@ -244,6 +246,7 @@ fn three(sandbox: &Sandbox, redis: &RedisServer, limits: (&str, &str, &str)) -> 
                     limits,
                     faketime: None,
                     password: None,
+                    policy_extra: "",
                 },
             )
         })
@@ -307,6 +310,7 @@ async fn a_restart_keeps_windows_and_a_redis_outage_fails_closed_until_it_is_bac
         limits: ("1000 per 1h", "1 per 1h", "1000 per 1h"),
         faketime: None,
         password: None,
+        policy_extra: "",
     };
     let token = tok(&sb);
     let mut gw = Gw::start(&sb, &opts);
@@ -379,6 +383,7 @@ async fn an_acl_user_with_password_works_and_a_wrong_one_is_named_never_shown() 
         limits: ("1000 per 1h", "1 per 1h", "1000 per 1h"),
         faketime: None,
         password: Some(password),
+        policy_extra: "",
     };
     let gw = Gw::start(&sb, &opts(REDIS_PASSWORD));
     let token = tok(&sb);
@@ -502,6 +507,7 @@ async fn rediss_with_a_test_ca_works_and_an_untrusted_certificate_is_a_clear_err
             limits: ("1000 per 1h", "1 per 1h", "1000 per 1h"),
             faketime: None,
             password: Some(REDIS_PASSWORD),
+            policy_extra: "",
         },
     );
     let token = tok(&sb);
@@ -518,6 +524,7 @@ async fn rediss_with_a_test_ca_works_and_an_untrusted_certificate_is_a_clear_err
             limits: ("1000 per 1h", "1 per 1h", "1000 per 1h"),
             faketime: None,
             password: Some(REDIS_PASSWORD),
+            policy_extra: "",
         },
     ) {
         Err(log) => log,
@@ -567,6 +574,7 @@ async fn a_gateway_an_hour_ahead_cannot_admit_extra_requests() {
         limits: ("2 per 1h", "1000 per 1h", "1000 per 1h"),
         faketime,
         password: None,
+        policy_extra: "",
     };
     let honest = Gw::start(&sb, &opts(None));
     let ahead = Gw::start(&sb, &opts(Some("+1h")));
@@ -597,4 +605,71 @@ async fn a_gateway_an_hour_ahead_cannot_admit_extra_requests() {
         "{refused:?}"
     );
     assert_eq!(sb.recover_passcode_calls().len(), 2);
+}
+
+/// Two replicas share approval requests through Redis: a request opened on one is approved
+/// through the other's API, and of ten concurrent repeats across both exactly one is forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn approvals_are_shared_and_used_once_across_replicas() {
+    if !test_support::available() {
+        return;
+    }
+    let redis = RedisServer::start(RedisOptions::default());
+    let sb = sandbox().await;
+    let bob = sb.tenant().operator("bob").expect("bob").oid.clone();
+    let approval = format!("    approval:\n      approvers:\n        users: [\"{bob}\"]\n");
+    let gws: Vec<Gw> = (0..2)
+        .map(|_| {
+            Gw::start(
+                &sb,
+                &GwOpts {
+                    state: state_yaml(&redis.url(), ""),
+                    limits: ("1000 per 1h", "1000 per 1h", "1000 per 1h"),
+                    faketime: None,
+                    password: None,
+                    policy_extra: &approval,
+                },
+            )
+        })
+        .collect();
+    let urls: Vec<String> = gws.iter().map(|g| g.url(sb.tenant())).collect();
+    let alice = tok(&sb);
+    let opened = call(&urls[0], &alice).await;
+    assert_eq!(opened.code(), "approval_required", "{:?}", opened.json());
+    let id = opened.header("passgate-approval-id").unwrap();
+    let pending = call(&urls[1], &alice).await;
+    assert_eq!(
+        pending.code(),
+        "approval_pending",
+        "the other replica knows it"
+    );
+    assert_eq!(pending.header("passgate-approval-id"), Some(id.clone()));
+    let bob_token = sb.operator_token("bob", Duration::from_secs(3600));
+    let approved = send(
+        "POST",
+        &format!("{}/passgate/v1/approvals/{id}/approve", gws[1].gateway),
+        &[bearer(&bob_token)],
+        b"",
+    )
+    .await;
+    assert_eq!(approved.status, 200, "{:?}", approved.json());
+    let rs = burst(&urls, &alice, 10).await;
+    let t = tally(&rs);
+    eprintln!("10 repeats over 2 replicas with one approval: {t:?}");
+    assert_eq!(
+        t.get(&(204, String::new())),
+        Some(&1),
+        "one approval, one use: {t:?}"
+    );
+    assert_eq!(sb.recover_passcode_calls().len(), 1);
+    let consumed: usize = gws
+        .iter()
+        .map(|g| {
+            g.audit()
+                .iter()
+                .filter(|r| r["kind"] == "approval" && r["event"] == "consumed")
+                .count()
+        })
+        .sum();
+    assert_eq!(consumed, 1);
 }

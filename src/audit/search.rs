@@ -140,6 +140,11 @@ pub fn search(paths: &[PathBuf], filter: &SearchFilter) -> Result<SearchResult, 
                         out.hits[i].outcomes.push((line, record));
                     }
                 }
+                Some("approval") => {
+                    if matches_approval(&record, filter) {
+                        out.hits.push(hit(path, line, record));
+                    }
+                }
                 Some("throttled") => {
                     if matches_throttled(&record, filter) {
                         out.hits.push(hit(path, line, record));
@@ -226,6 +231,31 @@ fn matches_decision(rec: &Value, f: &SearchFilter) -> bool {
     in_time(rec, f)
 }
 
+/// An `approval` record matches an operator who is its requester or its actor, its device, its
+/// event as `--reason`, and time; never `--decision` (it is no decision).
+fn matches_approval(rec: &Value, f: &SearchFilter) -> bool {
+    if f.decision.is_some() {
+        return false;
+    }
+    if let Some(op) = &f.operator {
+        let is = |p: &Value| eq_ci(p["oid"].as_str(), op) || eq_ci(p["upn"].as_str(), op);
+        if !(is(&rec["requester"]) || is(&rec["actor"])) {
+            return false;
+        }
+    }
+    if let Some(d) = &f.device {
+        if !eq_ci(rec["managed_device_id"].as_str(), d) {
+            return false;
+        }
+    }
+    if let Some(r) = &f.reason {
+        if !eq_ci(rec["event"].as_str(), r) {
+            return false;
+        }
+    }
+    in_time(rec, f)
+}
+
 /// A `throttled` summary matches filters that do not name an operator or a device (it has
 /// neither): by decision `deny`, by the reason its requests would have had or by
 /// `unauthenticated_throttled`, and by time (its first request).
@@ -286,11 +316,14 @@ fn s(v: &Value) -> String {
 fn row(h: &Hit) -> Row {
     let r = &h.record;
     let kind = s(&r["kind"]);
+    let approval = kind == "approval";
     let last_outcome = h.outcomes.last().map(|(_, o)| o);
     let (status, graph_request_id, latency_ms, error) = if kind == "recovery" {
         (String::new(), String::new(), String::new(), String::new())
     } else if kind == "throttled" {
         (s(&r["status"]), String::new(), String::new(), String::new())
+    } else if kind == "approval" {
+        (String::new(), String::new(), String::new(), String::new())
     } else if r["decision"].as_str() == Some("deny") {
         // A denial whose record was still being written when passgate gave up on it carries an
         // outcome with the 503 the client actually got.
@@ -319,20 +352,37 @@ fn row(h: &Hit) -> Row {
         seq: h.seq.to_string(),
         decision: match kind.as_str() {
             "recovery" => "recovery".into(),
+            "approval" => "approval".into(),
             "throttled" => "deny".into(),
             _ => s(&r["decision"]),
         },
         count: match kind.as_str() {
             "throttled" => s(&r["count"]),
-            "recovery" => String::new(),
+            "recovery" | "approval" => String::new(),
             _ => "1".into(),
         },
         kind,
         request_id: s(&r["request_id"]),
-        reason: s(&r["reason"]),
-        operator_oid: s(&r["operator"]["oid"]),
-        operator_upn: s(&r["operator"]["upn"]),
-        device: s(&r["target"]["managed_device_id"]),
+        reason: if approval {
+            s(&r["event"])
+        } else {
+            s(&r["reason"])
+        },
+        operator_oid: if approval {
+            s(&r["requester"]["oid"])
+        } else {
+            s(&r["operator"]["oid"])
+        },
+        operator_upn: if approval {
+            s(&r["requester"]["upn"])
+        } else {
+            s(&r["operator"]["upn"])
+        },
+        device: if approval {
+            s(&r["managed_device_id"])
+        } else {
+            s(&r["target"]["managed_device_id"])
+        },
         policy: s(&r["policy"]),
         status,
         graph_request_id,
