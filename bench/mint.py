@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Bench helper: mints the fake Entra's signing key, its JWKS and a long-lived operator token.
 
-Usage: mint.py OUT_DIR AUTHORITY_URL
+Usage: mint.py OUT_DIR AUTHORITY_URL [COLD_TOKENS]
 Writes OUT_DIR/jwks.json and OUT_DIR/token (a v2 RS256 access token for the sample tenant's
-"alice", Helpdesk Tier 2). The private key never leaves this process. Bench use only: the
+"alice", Helpdesk Tier 2), and with COLD_TOKENS = N also OUT_DIR/tokens: N distinct valid tokens,
+one per line (each its own uti and signature), for the cold-token run. The private key never leaves this process. Bench use only: the
 token is valid for a day and is accepted only by a passgate whose authority is this fake.
 """
 import base64
@@ -69,13 +70,23 @@ def main() -> None:
         "uti": uuid.uuid4().hex,
     }
     header = {"alg": "RS256", "typ": "JWT", "kid": KID}
-    signing_input = (
-        b64u(json.dumps(header, separators=(",", ":")).encode())
-        + "."
-        + b64u(json.dumps(claims, separators=(",", ":")).encode())
-    )
-    sig = key.sign(signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256())
-    token = signing_input + "." + b64u(sig)
+
+    def sign(c):
+        signing_input = (
+            b64u(json.dumps(header, separators=(",", ":")).encode())
+            + "."
+            + b64u(json.dumps(c, separators=(",", ":")).encode())
+        )
+        sig = key.sign(signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256())
+        return signing_input + "." + b64u(sig)
+
+    token = sign(claims)
+    cold = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+    if cold > 0:
+        fd = os.open(os.path.join(out, "tokens"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            for _ in range(cold):
+                f.write(sign(dict(claims, uti=uuid.uuid4().hex)) + "\n")
     with open(os.path.join(out, "jwks.json"), "w") as f:
         json.dump(jwks, f)
     fd = os.open(os.path.join(out, "token"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

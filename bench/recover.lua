@@ -6,9 +6,45 @@
 -- not packaged in Debian, so this is how the "latency at half of peak" run is paced.
 -- done() prints one machine-readable "BENCH ..." line that bench/run.sh parses.
 
+-- BENCH_TOKENS_FILE: if set, a file of distinct tokens (one per line); each request carries the
+-- next one (threads take disjoint slices), so every signature check is a cold one.
+
 wrk.method = "POST"
 wrk.headers["Authorization"] = "Bearer " .. (os.getenv("BENCH_TOKEN") or "")
 wrk.headers["Content-Length"] = "0"
+
+local threads = 0
+function setup(thread)
+  thread:set("id", threads)
+  threads = threads + 1
+end
+
+local tokens, next_token = nil, 1
+function init(args)
+  local file = os.getenv("BENCH_TOKENS_FILE")
+  if file == nil or file == "" then
+    return
+  end
+  local all = {}
+  for line in io.lines(file) do
+    all[#all + 1] = line
+  end
+  -- This thread's slice: thread i of n takes every n-th token starting at i + 1.
+  local n = tonumber(os.getenv("BENCH_THREADS") or "1") or 1
+  tokens = {}
+  for i = (id or 0) + 1, #all, n do
+    tokens[#tokens + 1] = all[i]
+  end
+end
+
+function request()
+  if tokens == nil then
+    return wrk.format()
+  end
+  local t = tokens[next_token]
+  next_token = next_token % #tokens + 1
+  return wrk.format(nil, nil, { ["Authorization"] = "Bearer " .. t, ["Content-Length"] = "0" })
+end
 
 local delay_ms = tonumber(os.getenv("BENCH_DELAY_MS") or "0") or 0
 

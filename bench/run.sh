@@ -9,6 +9,8 @@
 #   BENCH_CONNS      connection counts for the main runs (default "64 256")
 #   BENCH_KEEP=1     keep the temp dir (configs, logs, audit file) for inspection
 #   BENCH_NO_BUILD=1 skip `cargo build --release`
+#   BENCH_COLD_TOKENS distinct tokens minted for the cold-token run (default 30000; its run stops
+#                    short of using one twice)
 #   BENCH_PERF=1     sample passgate with `perf record -e cpu-clock` during its first main run and
 #                    print the top symbols (needs linux-perf; hardware counters are not needed)
 set -euo pipefail
@@ -91,7 +93,8 @@ GRAPH=http://127.0.0.1:$GRAPH_PORT
 
 # ---------------------------------------------------------------- fake Entra + Graph (static nginx)
 mkdir -p "$T/graph" "$T/proxy"
-"$PY" "$ROOT/bench/mint.py" "$T/graph" "$GRAPH"
+COLD_TOKENS=${BENCH_COLD_TOKENS:-30000}
+"$PY" "$ROOT/bench/mint.py" "$T/graph" "$GRAPH" "$COLD_TOKENS"
 TOKEN=$(cat "$T/graph/token")
 cat >"$T/graph/discovery.json" <<EOF
 {"issuer":"$GRAPH/$TENANT/v2.0","authorization_endpoint":"$GRAPH/$TENANT/oauth2/v2.0/authorize",
@@ -283,15 +286,16 @@ RESULTS=$T/results.tsv
 run() {
   local name=$1 ppid=$2 url=$3 c=$4 d=$5 delay=${6:-0} pids t0 t1 out line
   pids=$(pids_of "$ppid")
-  # Short warm-up so connection pools and caches are in their steady state.
-  BENCH_TOKEN=$TOKEN BENCH_DELAY_MS=$delay wrk -t$THREADS -c"$c" -d2s -s "$ROOT/bench/recover.lua" "$url" >/dev/null 2>&1 || true
+  # Short warm-up so connection pools and caches are in their steady state (with the one warm
+  # token: the cold run's tokens must stay unseen).
+  BENCH_TOKENS_FILE= BENCH_TOKEN=$TOKEN BENCH_DELAY_MS=$delay wrk -t$THREADS -c"$c" -d2s -s "$ROOT/bench/recover.lua" "$url" >/dev/null 2>&1 || true
   local perf_pid=""
   if [[ -n ${BENCH_PERF:-} && $name == passgate && ! -e $T/perf.data ]]; then
     perf record -q -e cpu-clock -F 2000 -p "$ppid" -o "$T/perf.data" -- sleep "$d" >/dev/null 2>&1 &
     perf_pid=$!
   fi
   t0=$(cpu_ticks $pids)
-  out=$(BENCH_TOKEN=$TOKEN BENCH_DELAY_MS=$delay wrk -t$THREADS -c"$c" -d"${d}s" --timeout 5s -s "$ROOT/bench/recover.lua" "$url" 2>&1) || die "wrk failed: $out"
+  out=$(BENCH_THREADS=$THREADS BENCH_TOKEN=$TOKEN BENCH_DELAY_MS=$delay wrk -t$THREADS -c"$c" -d"${d}s" --timeout 5s -s "$ROOT/bench/recover.lua" "$url" 2>&1) || die "wrk failed: $out"
   t1=$(cpu_ticks $pids)
   if [[ -n $perf_pid ]]; then
     wait "$perf_pid" || true
@@ -319,6 +323,14 @@ for c in $CONNS; do
   run passgate+redis "$PG_REDIS_PID" "http://127.0.0.1:$PG3_PORT$ACTION_PATH" "$c" "$DUR"
   REDIS_CPU+=("c=$c: $(($(cpu_ticks "$REDIS_PID") - redis_t0)) ticks")
 done
+
+# Cold tokens: every request carries a distinct valid token never seen before, so each one costs a
+# full RSA signature check (the signature cache cannot help). Short enough not to wrap around the
+# minted set at the warm rate; the row says how many requests it made (compare with COLD_TOKENS).
+c_cold=$(echo "$CONNS" | awk '{print $1}')
+export BENCH_TOKENS_FILE=$T/graph/tokens
+run passgate-cold "$PG_MAIN_PID" "http://127.0.0.1:$PG_PORT$ACTION_PATH" "$c_cold" 2
+unset BENCH_TOKENS_FILE
 
 # Paced run at ~half of passgate's best closed-loop throughput, for the direct path and for
 # passgate at the same offered rate. wrk is a closed loop; with a pause of ~HALF_DELAY_MS between
@@ -387,6 +399,7 @@ awk -F'\t' -v tck="$TCK" '
     if ($1 == "passgate") conns[$2] = 1
     C[key] = $2
     if ($1 == "direct-paced") pd = key
+    if ($1 == "passgate-cold") { cold = rps; cold_c = $2; cold_n = $4 }
     if ($1 == "passgate-paced") pp = key
   }
   END {
@@ -395,6 +408,9 @@ awk -F'\t' -v tck="$TCK" '
       printf "c=%-4s passgate/nginx throughput %.2fx; passgate - direct latency: p50 +%.3f ms, p99 +%.3f ms, p99.9 +%.3f ms\n",
         c, R["passgate/" c] / R["nginx/" c], (P50["passgate/" c] - P50["direct/" c]) / 1000,
         (P99["passgate/" c] - P99["direct/" c]) / 1000, (P999["passgate/" c] - P999["direct/" c]) / 1000
+    }
+    if (cold > 0) {
+      printf "cold tokens (c=%d, %d distinct tokens used of %d minted): %.0f req/s = %.2fx warm\n", cold_c, cold_n, '"$COLD_TOKENS"', cold, cold / R["passgate/" cold_c]
     }
     if (pd != "" && pp != "") {
       printf "paced (~%d ms pause; target %d req/s): direct %.0f req/s on %d conns, passgate %.0f req/s on %d conns\n", '"$HALF_DELAY_MS"', '"$half"', R[pd], C[pd], R[pp], C[pp]

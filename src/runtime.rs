@@ -524,8 +524,6 @@ fn app_credential(settings: &Settings) -> Result<AppCredential, StartError> {
         .certificate
         .as_ref()
         .ok_or(StartError::NoCredential)?;
-    use rsa::pkcs1::DecodeRsaPrivateKey;
-    use rsa::pkcs8::DecodePrivateKey;
     use rustls_pki_types::pem::PemObject;
     let cert_der = rustls_pki_types::CertificateDer::from_pem_file(&cert.cert_file)
         .map_err(|source| StartError::CertificateFile {
@@ -540,12 +538,22 @@ fn app_credential(settings: &Settings) -> Result<AppCredential, StartError> {
             what: "app.certificate.private_key",
             source,
         })?;
-    let key = rsa::RsaPrivateKey::from_pkcs8_pem(pem.expose())
-        .or_else(|_| rsa::RsaPrivateKey::from_pkcs1_pem(pem.expose()))
+    // PKCS#8 or PKCS#1 ("BEGIN RSA PRIVATE KEY"), parsed and checked by ring.
+    let der = rustls_pki_types::PrivateKeyDer::from_pem_slice(pem.expose().as_bytes())
         .map_err(|_| StartError::CertificateKey)?;
+    let key = match &der {
+        rustls_pki_types::PrivateKeyDer::Pkcs8(k) => {
+            ring::rsa::KeyPair::from_pkcs8(k.secret_pkcs8_der())
+        }
+        rustls_pki_types::PrivateKeyDer::Pkcs1(k) => {
+            ring::rsa::KeyPair::from_der(k.secret_pkcs1_der())
+        }
+        _ => return Err(StartError::CertificateKey),
+    }
+    .map_err(|_| StartError::CertificateKey)?;
     Ok(AppCredential::Certificate {
         cert_der,
-        key: Box::new(key),
+        key: Arc::new(key),
         ps256: cert.assertion_format == AssertionFormat::Ps256,
     })
 }

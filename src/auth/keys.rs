@@ -37,9 +37,58 @@ pub enum KeyError {
 pub struct PublishedKey {
     pub jwk: CoreJsonWebKey,
     pub issuer: Option<String>,
+    /// The RSA modulus and exponent (big-endian), decoded once at fetch, for `ring`'s verifier.
+    /// `None` for a key that is not RSA (then it can verify nothing passgate accepts).
+    pub rsa: Option<RsaComponents>,
     /// SHA-256 of the key's JSON, computed once at fetch: identifies the key in the
     /// verified-signature cache without re-serialising it on every request.
     pub fingerprint: [u8; 32],
+}
+
+/// An RSA public key as `ring` takes it.
+#[derive(Clone, Debug)]
+pub struct RsaComponents {
+    pub n: Vec<u8>,
+    pub e: Vec<u8>,
+}
+
+impl RsaComponents {
+    /// From a JWK's `kty: RSA`, `n` and `e` (base64url, no padding).
+    pub fn from_jwk(raw: &serde_json::Value) -> Option<RsaComponents> {
+        use base64::Engine;
+        if raw.get("kty")?.as_str()? != "RSA" {
+            return None;
+        }
+        let b64 = |k: &str| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(raw.get(k)?.as_str()?.trim_end_matches('='))
+                .ok()
+        };
+        Some(RsaComponents {
+            n: b64("n")?,
+            e: b64("e")?,
+        })
+    }
+
+    /// Verifies an RS256/384/512 or PS256/384/512 signature (keys of 2048 to 8192 bits).
+    pub fn verify(&self, alg: &str, message: &[u8], signature: &[u8]) -> bool {
+        use ring::signature as s;
+        let params: &s::RsaParameters = match alg {
+            "RS256" => &s::RSA_PKCS1_2048_8192_SHA256,
+            "RS384" => &s::RSA_PKCS1_2048_8192_SHA384,
+            "RS512" => &s::RSA_PKCS1_2048_8192_SHA512,
+            "PS256" => &s::RSA_PSS_2048_8192_SHA256,
+            "PS384" => &s::RSA_PSS_2048_8192_SHA384,
+            "PS512" => &s::RSA_PSS_2048_8192_SHA512,
+            _ => return false,
+        };
+        s::RsaPublicKeyComponents {
+            n: &self.n,
+            e: &self.e,
+        }
+        .verify(params, message, signature)
+        .is_ok()
+    }
 }
 
 #[derive(Default)]
@@ -222,8 +271,15 @@ impl KeyStore {
         // openidconnect's key type drops Entra's per-key `issuer`; read it alongside.
         let raw: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         let mut issuers: HashMap<String, String> = HashMap::new();
+        let mut components = HashMap::new();
         if let Some(keys) = raw.get("keys").and_then(|k| k.as_array()) {
             for k in keys {
+                if let (Some(kid), Some(c)) = (
+                    k.get("kid").and_then(|v| v.as_str()),
+                    RsaComponents::from_jwk(k),
+                ) {
+                    components.insert(kid.to_string(), c);
+                }
                 if let (Some(kid), Some(iss)) = (
                     k.get("kid").and_then(|v| v.as_str()),
                     k.get("issuer").and_then(|v| v.as_str()),
@@ -242,6 +298,7 @@ impl KeyStore {
                     PublishedKey {
                         jwk: jwk.clone(),
                         issuer: issuers.get(&kid).cloned(),
+                        rsa: components.get(&kid).cloned(),
                         fingerprint: {
                             use sha2::Digest;
                             sha2::Sha256::digest(serde_json::to_vec(jwk).unwrap_or_default()).into()

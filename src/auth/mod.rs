@@ -189,11 +189,21 @@ impl Authenticator {
             .map(|c| c.contains(&fingerprint))
             .unwrap_or(false);
         if !known {
-            key.jwk
-                .verify_signature(&alg, t.signing_input, &t.signature)
-                .map_err(|_| {
-                    AuthError::new(Reason::TokenBadSignature, "token signature is invalid")
-                })?;
+            // ring (rustls' provider) for RSA; a key without RSA components verifies nothing
+            // passgate accepts (the algorithm allow-list is RS*/PS* only).
+            let valid = match &key.rsa {
+                Some(rsa) => rsa.verify(&t.header.alg, t.signing_input, &t.signature),
+                None => key
+                    .jwk
+                    .verify_signature(&alg, t.signing_input, &t.signature)
+                    .is_ok(),
+            };
+            if !valid {
+                return Err(AuthError::new(
+                    Reason::TokenBadSignature,
+                    "token signature is invalid",
+                ));
+            }
             if let Ok(mut c) = self.verified.lock() {
                 if c.len() >= VERIFIED_CACHE_MAX {
                     c.clear();

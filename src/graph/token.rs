@@ -15,7 +15,8 @@ pub enum AppCredential {
     Secret(String),
     Certificate {
         cert_der: Vec<u8>,
-        key: Box<rsa::RsaPrivateKey>,
+        /// Signs with `ring` (constant-time); parsed from PKCS#8 or PKCS#1 at start.
+        key: Arc<ring::rsa::KeyPair>,
         /// true: PS256 + `x5t#S256` (current docs); false: RS256 + SHA-1 `x5t` (older MSAL form).
         ps256: bool,
     },
@@ -271,11 +272,10 @@ pub fn client_assertion(
     client_id: &str,
     token_url: &str,
     cert_der: &[u8],
-    key: &rsa::RsaPrivateKey,
+    key: &ring::rsa::KeyPair,
     ps256: bool,
     now: i64,
 ) -> Result<String, TokenError> {
-    use rsa::signature::{RandomizedSigner, SignatureEncoding, Signer};
     use sha2::Digest;
     let header = if ps256 {
         serde_json::json!({"alg":"PS256","typ":"JWT",
@@ -294,18 +294,18 @@ pub fn client_assertion(
         URL_SAFE_NO_PAD.encode(header.to_string()),
         URL_SAFE_NO_PAD.encode(claims.to_string())
     );
-    let sig = if ps256 {
-        let signer = rsa::pss::BlindedSigningKey::<sha2::Sha256>::new(key.clone());
-        signer
-            .try_sign_with_rng(&mut rand::thread_rng(), input.as_bytes())
-            .map_err(|e| TokenError::Assertion(e.to_string()))?
-            .to_vec()
+    let padding: &dyn ring::signature::RsaEncoding = if ps256 {
+        &ring::signature::RSA_PSS_SHA256
     } else {
-        let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(key.clone());
-        signer
-            .try_sign(input.as_bytes())
-            .map_err(|e| TokenError::Assertion(e.to_string()))?
-            .to_vec()
+        &ring::signature::RSA_PKCS1_SHA256
     };
+    let mut sig = vec![0u8; key.public().modulus_len()];
+    key.sign(
+        padding,
+        &ring::rand::SystemRandom::new(),
+        input.as_bytes(),
+        &mut sig,
+    )
+    .map_err(|_| TokenError::Assertion("RSA signing failed".into()))?;
     Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig)))
 }
