@@ -302,7 +302,7 @@ impl Gateway {
             .await?;
         let cleared = self
             .approvals
-            .clear(inbound, permit, screened, chrono::Utc::now())
+            .clear(inbound, permit, screened, self.approvals.now())
             .await
             .map_err(|(permit, d)| approval_refusal(*d, Known::from(permit)))?;
         let authorized = self
@@ -452,7 +452,7 @@ impl Gateway {
         candidate: &Candidate,
     ) -> Result<crate::approval::Screened, Box<crate::approval::ApprovalDenial>> {
         self.approvals
-            .screen(inbound, candidate, chrono::Utc::now())
+            .screen(inbound, candidate, self.approvals.now())
             .await
     }
 

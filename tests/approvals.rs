@@ -368,3 +368,61 @@ async fn approvers_use_the_cli_binary() {
     let served = send("POST", &url, &alice, b"").await;
     assert_eq!(served.status, 204);
 }
+
+#[tokio::test]
+async fn unanswered_and_unused_approvals_expire_and_say_so_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = dir.path().join("webhook-url");
+    std::fs::write(&hook, "http://127.0.0.1:9/unused").unwrap();
+    let env = start_with(Some(approval_config(&hook))).await;
+    let url = action_url(&env, "kiosk-phone");
+    let alice = vec![bearer(&token(&env, "alice"))];
+    let bob = vec![bearer(&token(&env, "bob"))];
+    let first = send("POST", &url, &alice, b"").await;
+    let id = first.header("passgate-approval-id").unwrap();
+    // pending_for is 1h: an hour later nobody can approve it, and alice is told once.
+    env.gateway().approvals.advance_clock(3600);
+    let late = send("POST", &api(&env, &format!("/{id}/approve")), &bob, b"").await;
+    assert_eq!(
+        (late.status, late.code().as_str()),
+        (409, "approval_not_pending")
+    );
+    let expired = send("POST", &url, &alice, b"").await;
+    assert_eq!(
+        (expired.status, expired.code().as_str()),
+        (403, "approval_expired")
+    );
+    assert_eq!(expired.header("passgate-approval-id"), Some(id.clone()));
+    let again = send("POST", &url, &alice, b"").await;
+    assert_eq!(again.code(), "approval_required");
+    let second = again.header("passgate-approval-id").unwrap();
+    // Approved but not used within valid_for (30m): expired as well.
+    let ok = send("POST", &api(&env, &format!("/{second}/approve")), &bob, b"").await;
+    assert_eq!(ok.status, 200);
+    env.gateway().approvals.advance_clock(30 * 60);
+    let unused = send("POST", &url, &alice, b"").await;
+    assert_eq!(unused.code(), "approval_expired");
+    no_calls(&env);
+    let events: Vec<String> = audit_records(&env)
+        .iter()
+        .filter(|r| r["kind"] == "approval")
+        .map(|r| {
+            format!(
+                "{} {}",
+                r["event"].as_str().unwrap(),
+                r["state"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "requested pending",
+            "refused expired",
+            "expired expired",
+            "requested pending",
+            "approved approved",
+            "expired expired"
+        ]
+    );
+}

@@ -153,7 +153,7 @@ impl Approvals {
     }
 
     fn at_now(&self, mut r: ApprovalRequest) -> ApprovalRequest {
-        r.state = r.state_at((self.now)());
+        r.state = r.state_at(self.now());
         r
     }
 
@@ -236,7 +236,7 @@ impl Approvals {
             let Some((json, r)) = json.and_then(|j| super::parse(&j).map(|r| (j, r))) else {
                 return Err(not_found(id));
             };
-            let now = (self.now)();
+            let now = self.now();
             let refusal = if r.requester.oid.eq_ignore_ascii_case(&op.oid) {
                 Some((
                     Reason::SelfApprovalNotAllowed,

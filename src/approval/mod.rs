@@ -134,7 +134,8 @@ impl Event {
 
 /// The approval step of one gateway (rules from its config; store and audit log shared).
 pub struct Approvals {
-    pub(crate) now: fn() -> DateTime<Utc>,
+    /// Seconds added to the wall clock: moved only by tests (`advance_clock`).
+    clock_offset: std::sync::atomic::AtomicI64,
     store: Arc<dyn ApprovalStore>,
     rules: BTreeMap<String, ApprovalRule>,
     audit: AuditLog,
@@ -205,13 +206,29 @@ impl Approvals {
         notifier: notify::Notifier,
     ) -> Approvals {
         Approvals {
-            now: Utc::now,
+            clock_offset: std::sync::atomic::AtomicI64::new(0),
             store,
             rules,
             audit,
             events,
             notifier,
         }
+    }
+
+    /// The approval step's clock: the wall clock (plus a test's offset).
+    pub fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+            + chrono::Duration::seconds(
+                self.clock_offset.load(std::sync::atomic::Ordering::Relaxed),
+            )
+    }
+
+    /// Moves this gateway's approval clock forward, so tests can let requests expire.
+    #[cfg(any(test, feature = "test-support"))]
+    #[doc(hidden)]
+    pub fn advance_clock(&self, seconds: i64) {
+        self.clock_offset
+            .fetch_add(seconds, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn rule(&self, policy: &str) -> Option<&ApprovalRule> {
