@@ -1216,19 +1216,7 @@ pub fn parse_rate(text: &str) -> Result<(u32, Duration), (String, String)> {
         )),
         Err(_) => return Err((format!("`{n}` is not a whole number"), hint)),
     };
-    let unit_at = dur.find(|c: char| !c.is_ascii_digit()).unwrap_or(dur.len());
-    let (digits, unit) = dur.split_at(unit_at);
-    let mult: u64 = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err((format!("`{dur}` is not a duration"), hint)),
-    };
-    let amount: u64 = digits
-        .parse()
-        .map_err(|_| (format!("`{dur}` is not a duration"), hint.clone()))?;
-    let window = Duration::from_secs(amount.saturating_mul(mult));
+    let window = parse_duration(dur).map_err(|(message, _)| (message, hint.clone()))?;
     if window < Duration::from_secs(1) {
         return Err(("the window must be at least 1s".into(), hint));
     }
