@@ -618,9 +618,16 @@ pub async fn build_gateway(settings: &Settings, shared: &Shared) -> Result<Gatew
         tokens.clone(),
         Duration::from_secs(settings.graph.action_timeout_seconds),
     );
+    shared.metrics.declare_break_glass_policies(
+        settings
+            .policies
+            .iter()
+            .filter(|p| p.break_glass.is_some())
+            .map(|p| p.name.as_str()),
+    );
     Ok(Gateway {
         auth,
-        policies: PolicySet::new(settings.policies.clone()),
+        policies: PolicySet::new(settings.policies.clone()).with_caps(settings.caps.clone()),
         limiter: shared.limiter.clone(),
         facts,
         forwarder,
@@ -703,6 +710,11 @@ mod tests {
         next.raw.server.drain_timeout_seconds = 1;
         next.raw.server.config_watch_seconds = 1;
         next.policies.clear();
+        next.caps = vec![crate::policy::Limit {
+            scope: crate::policy::LimitScope::PerDevice,
+            count: 1,
+            window: Duration::from_secs(60),
+        }];
         assert!(restart_required(&base, &next).is_empty());
     }
 }

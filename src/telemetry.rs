@@ -56,6 +56,8 @@ pub struct Metrics {
     pub audit_free_bytes: IntGauge,
     /// `audit.min_free_bytes` in force; `/readyz` fails below it.
     pub audit_min_free_bytes: IntGauge,
+    /// Admissions through `break_glass: true` policies whose allow record is durable, by policy.
+    pub break_glass: IntCounterVec,
 }
 
 /// A pipeline stage, for `passgate_stage_duration_seconds{stage}`.
@@ -276,6 +278,12 @@ impl Metrics {
             "passgate_audit_min_free_bytes",
             "audit.min_free_bytes in force (0: no floor); /readyz fails while free space is below it.",
         );
+        let break_glass = counter(
+            &r,
+            "passgate_break_glass_total",
+            "Actions admitted through a break_glass policy (counted once the allow record is durable), by policy. Every increase should page someone.",
+            &["policy"],
+        );
         config_last_reload_success.set(chrono::Utc::now().timestamp() as f64);
         config_reloads.with_label_values(&["success"]).inc();
         Metrics {
@@ -302,6 +310,16 @@ impl Metrics {
             unauthenticated_throttled_clients,
             audit_free_bytes,
             audit_min_free_bytes,
+            break_glass,
+        }
+    }
+
+    /// Exports `passgate_break_glass_total{policy}` at 0 for each break-glass policy before its
+    /// first use, so the alert's `increase()` sees the very first one (a series that appears
+    /// with its first increment has no earlier sample to increase from).
+    pub fn declare_break_glass_policies<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        for name in names {
+            self.break_glass.with_label_values(&[name]);
         }
     }
 

@@ -46,6 +46,8 @@ fn decision(id: &str) -> DecisionRecord {
         status: None,
         message: None,
         abandoned: None,
+        justification: None,
+        break_glass: false,
     }
 }
 

@@ -3,7 +3,7 @@
 //! *references*, never secret values (those are resolved at start-up).
 
 use super::schema::{AppCredentialConfig, AuditConfig, Config, GraphConfig, TlsConfig};
-use crate::policy::PolicySettings;
+use crate::policy::{Limit, PolicySettings};
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -29,6 +29,8 @@ pub struct Settings {
     pub state: Option<super::schema::RedisConfig>,
     /// In config order: the first policy that admits a request is the one recorded.
     pub policies: Vec<PolicySettings>,
+    /// Top-level `limits:`: caps charged on every admission, whichever policy admits.
+    pub caps: Vec<Limit>,
 }
 
 /// Every URL passgate talks to, resolved from the cloud defaults and the overrides.
