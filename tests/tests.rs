@@ -19,6 +19,7 @@ mod app_credentials;
 mod audit_tools;
 mod cli;
 mod concurrency;
+mod controls;
 mod crash;
 mod docs;
 mod faults;
