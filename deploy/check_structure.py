@@ -53,6 +53,7 @@ CONTRACT = {
     "passgate_unauthenticated_throttled_clients": set(),
     "passgate_audit_free_bytes": set(),
     "passgate_audit_min_free_bytes": set(),
+    "passgate_break_glass_total": {"policy"},
 }
 HISTOGRAMS = {"passgate_request_duration_seconds", "passgate_stage_duration_seconds",
               "passgate_audit_fsync_duration_seconds", "passgate_state_duration_seconds"}
