@@ -10,7 +10,7 @@ use passgate::audit::{AuditLog, Decision, DecisionRecord, OperatorRecord, Target
 use passgate::auth::token::{check_claims, check_header, decode, ClaimRules};
 use passgate::auth::{Operator, OperatorKind, TokenVersion};
 use passgate::policy::DeviceFacts;
-use passgate::policy::{FactsOutcome, Limit, LimitScope, PolicySet, PolicySettings};
+use passgate::policy::{FactsOutcome, Limit, LimitScope, PolicySet, PolicySettings, RequestFacts};
 use passgate::routes;
 use std::collections::BTreeSet;
 use std::hint::black_box;
@@ -166,6 +166,9 @@ fn policy_fixture(users: u64, groups: u64) -> (PolicySet, Operator, FactsOutcome
             count: 20,
             window: Duration::from_secs(3600),
         }],
+        justification: None,
+        allow_own_device: false,
+        break_glass: None,
     };
     // Nine more policies the operator is not in, as a real config would have.
     let mut all: Vec<PolicySettings> = (0..9)
@@ -213,13 +216,17 @@ fn policy_decision(c: &mut Criterion) {
     for users in [10u64, 1_000, 100_000] {
         for groups in [10u64, 10_000] {
             let (set, op, facts) = policy_fixture(users, groups);
+            let request = RequestFacts::at(chrono::Utc::now());
             let id = BenchmarkId::from_parameter(format!("{users}ops/{groups}groups"));
             g.bench_function(id, |b| {
                 b.iter(|| {
                     let screen = set.operator_screen(black_box(&op));
                     let to_check = set.groups_to_check(&screen);
                     black_box(to_check);
-                    black_box(set.decide(&screen, &action, &op, &facts).expect("allowed"))
+                    black_box(
+                        set.decide(&screen, &action, &op, &facts, &request)
+                            .expect("allowed"),
+                    )
                 })
             });
         }
@@ -258,6 +265,8 @@ fn decision_record(i: u64) -> DecisionRecord {
         message: None,
         abandoned: None,
         approval_id: None,
+        justification: None,
+        break_glass: false,
     }
 }
 

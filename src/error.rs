@@ -46,6 +46,15 @@ pub enum Reason {
     DeviceNotRegistered,
     DeviceNotInAllowedGroup,
     PlatformNotAllowed,
+    /// The policy requires a `Passgate-Justification` header and none was sent.
+    JustificationRequired,
+    /// The header does not match the policy's pattern, or cannot be recorded as sent (repeated,
+    /// not UTF-8, too long, control characters).
+    JustificationInvalid,
+    /// Separation of duty: the operator is the device's primary user (`allow_own_device` unset).
+    OwnDeviceNotAllowed,
+    /// The break-glass policy's `active_until` has passed.
+    BreakGlassExpired,
     DeviceFactsUnavailable,
     RateLimited,
     /// The rate-limit state backend (Redis) could not be asked: fail closed.
@@ -110,6 +119,10 @@ impl Reason {
             Reason::DeviceNotRegistered => "device_not_registered",
             Reason::DeviceNotInAllowedGroup => "device_not_in_allowed_group",
             Reason::PlatformNotAllowed => "platform_not_allowed",
+            Reason::JustificationRequired => "justification_required",
+            Reason::JustificationInvalid => "justification_invalid",
+            Reason::OwnDeviceNotAllowed => "own_device_not_allowed",
+            Reason::BreakGlassExpired => "break_glass_expired",
             Reason::DeviceFactsUnavailable => "device_facts_unavailable",
             Reason::RateLimited => "rate_limited",
             Reason::LimitsUnavailable => "limits_unavailable",
@@ -142,6 +155,7 @@ impl Reason {
             Reason::RequestBodyNotAllowed | Reason::RequestBodyUnreadable => {
                 StatusCode::BAD_REQUEST
             }
+            Reason::JustificationRequired | Reason::JustificationInvalid => StatusCode::BAD_REQUEST,
             Reason::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Reason::TokenMissing
             | Reason::TokenMalformed
@@ -160,7 +174,9 @@ impl Reason {
             | Reason::OperatorNotApproved
             | Reason::DeviceNotRegistered
             | Reason::DeviceNotInAllowedGroup
-            | Reason::PlatformNotAllowed => StatusCode::FORBIDDEN,
+            | Reason::PlatformNotAllowed
+            | Reason::OwnDeviceNotAllowed
+            | Reason::BreakGlassExpired => StatusCode::FORBIDDEN,
             Reason::ApprovalRequired
             | Reason::ApprovalPending
             | Reason::ApprovalDenied
@@ -316,8 +332,24 @@ mod tests {
             Reason::OperatorNotApproved,
             Reason::TokenWrongAudience,
             Reason::RateLimited,
+            Reason::JustificationRequired,
+            Reason::JustificationInvalid,
+            Reason::OwnDeviceNotAllowed,
+            Reason::BreakGlassExpired,
         ] {
             assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
+    }
+
+    #[test]
+    fn control_refusals_have_their_statuses() {
+        for (r, code, status) in [
+            (Reason::JustificationRequired, "justification_required", 400),
+            (Reason::JustificationInvalid, "justification_invalid", 400),
+            (Reason::OwnDeviceNotAllowed, "own_device_not_allowed", 403),
+            (Reason::BreakGlassExpired, "break_glass_expired", 403),
+        ] {
+            assert_eq!((r.as_str(), r.status().as_u16()), (code, status));
         }
     }
 }

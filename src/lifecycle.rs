@@ -4,7 +4,7 @@
 //! ```text
 //! routes::parse ─▶ Action
 //! Authenticator::authenticate ─▶ Operator
-//! PolicySet::decide(screen, action, operator, facts) ─▶ Candidate {action, operator, device, policy}
+//! PolicySet::decide(screen, action, operator, facts, request) ─▶ Candidate {action, operator, device, policy, …}
 //! RateLimiter::admit(Candidate, request id).await ─▶ Permit {candidate, rate}
 //!     (a WindowStore — memory or Redis — checks and consumes the windows; only the limiter
 //!      turns its answer into a Permit, and a store that cannot answer is a refusal)
@@ -71,7 +71,8 @@
 //! // A Candidate has private fields: only PolicySet::decide makes one.
 //! let c = passgate::policy::Candidate {
 //!     action: todo!(), operator: todo!(), device: todo!(),
-//!     policy: String::new(), limits: vec![],
+//!     policy: String::new(), limits: vec![], caps: vec![],
+//!     justification: None, break_glass: true,
 //! };
 //! ```
 
@@ -122,6 +123,10 @@ pub struct Known {
     pub device: Option<DeviceFacts>,
     /// The policy whose refusal is reported, when one is.
     pub policy: Option<String>,
+    /// What the operator stated in `Passgate-Justification`, once the decision read it.
+    pub justification: Option<String>,
+    /// The policy named is a break-glass policy.
+    pub break_glass: bool,
 }
 
 impl Known {
@@ -143,12 +148,16 @@ impl Known {
 
 impl From<Candidate> for Known {
     fn from(c: Candidate) -> Known {
+        let justification = c.justification().map(str::to_string);
+        let break_glass = c.break_glass();
         let (action, operator, device, policy) = c.into_parts();
         Known {
             action: Some(action),
             operator: Some(operator),
             device: Some(device),
             policy: Some(policy),
+            justification,
+            break_glass,
         }
     }
 }

@@ -25,7 +25,8 @@ use crate::graph::token::AppTokenProvider;
 pub use crate::lifecycle::ConnInfo;
 use crate::lifecycle::{Inbound, Known};
 use crate::policy::{
-    Candidate, FactsOutcome, OperatorScreen, Permit, PolicySet, RateInfo, RateLimiter,
+    Candidate, FactsOutcome, Justification, OperatorScreen, Permit, PolicySet, RateInfo,
+    RateLimiter, RequestFacts, JUSTIFICATION_HEADER,
 };
 use crate::routes::{self, Action};
 use crate::telemetry::{Metrics, Stage};
@@ -290,7 +291,7 @@ impl Gateway {
             .await?;
         let assessed = self.gather_facts(inbound, authenticated).await?;
         let candidate = self
-            .timed(Stage::Decide, async { self.decide(assessed) })
+            .timed(Stage::Decide, async { self.decide(assessed, headers) })
             .await?;
         let screened = self.screen_approval(inbound, &candidate).await;
         let screened = match screened {
@@ -404,10 +405,21 @@ impl Gateway {
         })
     }
 
-    /// decide: the pure policy decision on the gathered facts.
-    fn decide(&self, a: Assessed) -> Result<Candidate, Box<Refusal>> {
+    /// decide: the pure policy decision on the gathered facts, the justification header and
+    /// the time (read here, so the decision itself reads neither headers nor the clock).
+    fn decide(&self, a: Assessed, headers: &HeaderMap) -> Result<Candidate, Box<Refusal>> {
+        let justification = Justification::from_values(
+            headers
+                .get_all(JUSTIFICATION_HEADER)
+                .iter()
+                .map(|v| v.as_bytes()),
+        );
+        let request = RequestFacts {
+            justification,
+            now: chrono::Utc::now(),
+        };
         self.policies
-            .decide(&a.screen, &a.action, &a.operator, &a.facts)
+            .decide(&a.screen, &a.action, &a.operator, &a.facts, &request)
             .map_err(|denial| {
                 let device = match a.facts {
                     FactsOutcome::Found(f) => Some(f),
@@ -418,6 +430,8 @@ impl Gateway {
                     operator: Some(a.operator),
                     device,
                     policy: None,
+                    justification: request.justification.recorded().map(str::to_string),
+                    break_glass: false,
                 };
                 Refusal::denied(denial, known)
             })
@@ -437,7 +451,7 @@ impl Gateway {
                 if let Some(rate) = &refused.denial.rate {
                     self.metrics
                         .rate_limited
-                        .with_label_values(&[refused.candidate.policy(), rate.scope.as_str()])
+                        .with_label_values(&[refused.metric_policy(), rate.scope.as_str()])
                         .inc();
                 }
                 Refusal::denied(refused.denial, Known::from(refused.candidate))
@@ -466,6 +480,17 @@ impl Gateway {
             Ok(a) => {
                 let (operator, action) = (a.permit().operator(), a.action());
                 tracing::debug!(request_id = %inbound.request_id, oid = %operator.oid, target = %action.target(), audit_seq = a.seq(), "allowed");
+                if a.permit().break_glass() {
+                    // Counted once the allow record is durable, i.e. once the action will be sent.
+                    self.metrics
+                        .break_glass
+                        .with_label_values(&[a.permit().policy()])
+                        .inc();
+                    self.approvals
+                        .notifier()
+                        .break_glass(a.permit(), &inbound.request_id);
+                    tracing::warn!(request_id = %inbound.request_id, oid = %operator.oid, policy = a.permit().policy(), target = %action.target(), "break-glass policy used");
+                }
                 return Ok(a);
             }
             Err(failed) => failed,

@@ -62,7 +62,7 @@ pub enum StartError {
     #[error(transparent)]
     State(#[from] crate::state::redis::RedisStartError),
     /// The URL itself is never shown: it is a secret.
-    #[error("policy {policy}: approval.notify.webhook: {why}")]
+    #[error("notify webhook of {policy}: {why}")]
     Webhook { policy: String, why: &'static str },
 }
 
@@ -511,6 +511,31 @@ impl Reloader {
     }
 }
 
+/// A webhook URL from its reference: https, or http to loopback. Errors never show the URL.
+fn webhook_url(policy: &str, r: &crate::config::SecretRef) -> Result<String, StartError> {
+    let url = r.resolve().map_err(|source| StartError::Secret {
+        what: "notify.webhook",
+        source,
+    })?;
+    let url = url.expose().trim().to_string();
+    let bad = |why| StartError::Webhook {
+        policy: policy.to_string(),
+        why,
+    };
+    let parsed = url::Url::parse(&url).map_err(|_| bad("not a URL"))?;
+    let loopback = match parsed.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match parsed.scheme() {
+        "https" => Ok(url),
+        "http" if loopback => Ok(url),
+        _ => Err(bad("must be an https:// URL (http:// only to loopback)")),
+    }
+}
+
 fn app_credential(settings: &Settings) -> Result<AppCredential, StartError> {
     if let Some(secret) = &settings.app.client_secret {
         let s = secret.resolve().map_err(|source| StartError::Secret {
@@ -637,30 +662,13 @@ pub async fn build_gateway(settings: &Settings, shared: &Shared) -> Result<Gatew
     let mut webhooks = std::collections::BTreeMap::new();
     for (policy, rule) in &settings.approvals {
         if let Some(r) = &rule.webhook {
-            let url = r.resolve().map_err(|source| StartError::Secret {
-                what: "policies[].approval.notify.webhook",
-                source,
-            })?;
-            let url = url.expose().trim().to_string();
-            let bad = |why| StartError::Webhook {
-                policy: policy.clone(),
-                why,
-            };
-            let parsed = url::Url::parse(&url).map_err(|_| bad("not a URL"))?;
-            let loopback = match parsed.host() {
-                Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-                None => false,
-            };
-            match parsed.scheme() {
-                "https" => {}
-                "http" if loopback => {}
-                _ => return Err(bad("must be an https:// URL (http:// only to loopback)")),
-            }
-            webhooks.insert(policy.clone(), url);
+            webhooks.insert(policy.clone(), webhook_url(policy, r)?);
         }
     }
+    let default_webhook = match &settings.raw.notify {
+        Some(n) => Some(webhook_url("(notify)", &n.webhook)?),
+        None => None,
+    };
     let approvals = Approvals::new(
         shared.approvals.clone(),
         settings.approvals.clone(),
@@ -669,6 +677,7 @@ pub async fn build_gateway(settings: &Settings, shared: &Shared) -> Result<Gatew
         crate::approval::notify::Notifier::new(
             client.clone(),
             webhooks,
+            default_webhook,
             shared.metrics.approval_notifications.clone(),
         ),
     );
@@ -678,9 +687,16 @@ pub async fn build_gateway(settings: &Settings, shared: &Shared) -> Result<Gatew
         tokens.clone(),
         Duration::from_secs(settings.graph.action_timeout_seconds),
     );
+    shared.metrics.declare_break_glass_policies(
+        settings
+            .policies
+            .iter()
+            .filter(|p| p.break_glass.is_some())
+            .map(|p| p.name.as_str()),
+    );
     Ok(Gateway {
         auth,
-        policies: PolicySet::new(settings.policies.clone()),
+        policies: PolicySet::new(settings.policies.clone()).with_caps(settings.caps.clone()),
         limiter: shared.limiter.clone(),
         facts,
         forwarder,
@@ -764,6 +780,11 @@ mod tests {
         next.raw.server.drain_timeout_seconds = 1;
         next.raw.server.config_watch_seconds = 1;
         next.policies.clear();
+        next.caps = vec![crate::policy::Limit {
+            scope: crate::policy::LimitScope::PerDevice,
+            count: 1,
+            window: Duration::from_secs(60),
+        }];
         assert!(restart_required(&base, &next).is_empty());
     }
 }

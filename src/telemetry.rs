@@ -60,6 +60,8 @@ pub struct Metrics {
     pub approval_events: IntCounterVec,
     /// Webhook deliveries of new approval requests, by result.
     pub approval_notifications: IntCounterVec,
+    /// Admissions through `break_glass: true` policies whose allow record is durable, by policy.
+    pub break_glass: IntCounterVec,
 }
 
 /// A pipeline stage, for `passgate_stage_duration_seconds{stage}`.
@@ -298,6 +300,12 @@ impl Metrics {
         for result in ["success", "failure"] {
             approval_notifications.with_label_values(&[result]);
         }
+        let break_glass = counter(
+            &r,
+            "passgate_break_glass_total",
+            "Actions admitted through a break_glass policy (counted once the allow record is durable), by policy. Every increase should page someone.",
+            &["policy"],
+        );
         config_last_reload_success.set(chrono::Utc::now().timestamp() as f64);
         config_reloads.with_label_values(&["success"]).inc();
         Metrics {
@@ -326,6 +334,16 @@ impl Metrics {
             audit_min_free_bytes,
             approval_events,
             approval_notifications,
+            break_glass,
+        }
+    }
+
+    /// Exports `passgate_break_glass_total{policy}` at 0 for each break-glass policy before its
+    /// first use, so the alert's `increase()` sees the very first one (a series that appears
+    /// with its first increment has no earlier sample to increase from).
+    pub fn declare_break_glass_policies<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        for name in names {
+            self.break_glass.with_label_values(&[name]);
         }
     }
 

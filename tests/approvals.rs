@@ -6,7 +6,6 @@
 use crate::common::*;
 use passgate::dev::{DevEnv, DEV_CONFIG};
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
 
 const ALICE: &str = "72aca123-ad72-4c7b-84b5-6d536a354d63";
 const BOB: &str = "6fa0d1b5-9855-4c8d-be2b-8a6660fbe126";
@@ -22,39 +21,6 @@ fn approval_config(hook: &std::path::Path) -> String {
         ),
         1,
     )
-}
-
-/// A one-shot HTTP receiver on loopback: hands each request body to the channel, answers 204.
-fn webhook_receiver() -> (String, std::sync::mpsc::Receiver<Value>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!(
-        "http://{}/hook/secret-token",
-        listener.local_addr().unwrap()
-    );
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { return };
-            let mut reader = BufReader::new(s.try_clone().unwrap());
-            let mut len = 0usize;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; len];
-            let _ = reader.read_exact(&mut body);
-            let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n");
-            if let Ok(v) = serde_json::from_slice(&body) {
-                let _ = tx.send(v);
-            }
-        }
-    });
-    (url, rx)
 }
 
 fn api(env: &DevEnv, tail: &str) -> String {

@@ -60,6 +60,8 @@ fn decision(id: &str, upn: &str, device: &str, decision: Decision, reason: &str)
         message: deny.then(|| "refused, see reason".to_owned()),
         abandoned: None,
         approval_id: None,
+        justification: None,
+        break_glass: false,
     }
 }
 
@@ -706,8 +708,9 @@ async fn search_formats_table_json_csv() {
         "{}",
         rows[2]
     );
+    // … then `count` and, last, the (here empty) `justification`.
     assert!(
-        rows[2].ends_with(",\"upstream said \"\"no\"\", twice\",1"),
+        rows[2].ends_with(",\"upstream said \"\"no\"\", twice\",1,"),
         "{}",
         rows[2]
     );
@@ -748,6 +751,76 @@ async fn search_formats_table_json_csv() {
     let (code, _, err) = run(&["audit", "search", "--until", "last tuesday"], &files);
     assert_eq!(code, 2);
     assert!(err.contains("RFC 3339"), "{err}");
+}
+
+#[tokio::test]
+async fn search_finds_justifications_and_break_glass_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let log = AuditLog::open_with(&path, AuditOptions::default()).unwrap();
+    log.record_decision(DecisionRecord {
+        justification: Some("INC0012345".into()),
+        ..decision("j1", "alice@example.com", DEV_A, Decision::Allow, "allowed")
+    })
+    .await
+    .unwrap();
+    log.record_decision(DecisionRecord {
+        justification: Some("=cmd|' /C calc'!A0".into()),
+        break_glass: true,
+        ..decision("g1", "bob@example.com", DEV_B, Decision::Allow, "allowed")
+    })
+    .await
+    .unwrap();
+    log.record_decision(decision(
+        "n1",
+        "carol@example.com",
+        DEV_B,
+        Decision::Deny,
+        "operator_not_approved",
+    ))
+    .await
+    .unwrap();
+    log.close();
+    let files = vec![path];
+    let ids_of = |out: &str| -> Vec<String> {
+        out.lines()
+            .map(|l| field(l, "request_id").as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (code, out, err) = run(
+        &["audit", "search", "--break-glass", "--format", "json"],
+        &files,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(ids_of(&out), ["g1"]);
+    let (code, out, _) = run(
+        &[
+            "audit",
+            "search",
+            "--justification",
+            "inc0012345",
+            "--format",
+            "json",
+        ],
+        &files,
+    );
+    assert_eq!(code, 0);
+    assert_eq!(ids_of(&out), ["j1"]);
+    // Table: the break-glass use is marked, the justification shown; CSV: last column, with a
+    // formula-looking value defused.
+    let (_, out, _) = run(&["audit", "search"], &files);
+    let g1 = out.lines().find(|l| l.contains("g1")).unwrap();
+    assert!(g1.contains("helpdesk (BREAK-GLASS)"), "{g1}");
+    let j1 = out.lines().find(|l| l.contains("j1")).unwrap();
+    assert!(j1.ends_with("INC0012345"), "{j1}");
+    let n1 = out.lines().find(|l| l.contains("n1")).unwrap();
+    assert!(n1.ends_with(" -"), "{n1}");
+    let (_, out, _) = run(&["audit", "search", "--format", "csv"], &files);
+    let rows: Vec<&str> = out.split("\r\n").filter(|l| !l.is_empty()).collect();
+    assert!(rows[0].ends_with(",count,justification"), "{}", rows[0]);
+    assert!(rows[1].ends_with(",1,INC0012345"), "{}", rows[1]);
+    assert!(rows[2].ends_with(",1,'=cmd|' /C calc'!A0"), "{}", rows[2]);
+    assert!(rows[3].ends_with(",1,"), "{}", rows[3]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -867,13 +940,11 @@ async fn every_record_kind_the_writer_writes_fits_the_schema() {
     // and plain.
     fs::write(&path, b"{\"v\":1,\"seq\":1,\"ti").unwrap();
     let log = AuditLog::open(&path).unwrap();
-    log.record_decision(decision(
-        "d1",
-        "alice@example.com",
-        DEV_A,
-        Decision::Allow,
-        "allowed",
-    ))
+    log.record_decision(DecisionRecord {
+        justification: Some("INC0012345".into()),
+        break_glass: true,
+        ..decision("d1", "alice@example.com", DEV_A, Decision::Allow, "allowed")
+    })
     .await
     .unwrap();
     let mut bare = decision("d2", "x", DEV_A, Decision::Deny, "route_not_found");

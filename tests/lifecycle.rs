@@ -459,3 +459,38 @@ async fn component_counters_keep_counting_after_a_reload() {
         "the new provider's token fetch adds to the old ones:\n{before}\n---\n{after}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caps_survive_a_reload_and_a_lowered_cap_counts_what_was_admitted() {
+    let sandbox = Sandbox::start(SampleTenant::contoso()).await.unwrap();
+    let tenant = sandbox.tenant().clone();
+    // The dev config's two policies (helpdesk people, kiosk automation) both cover the kiosk
+    // phone; a top-level cap binds them.
+    let s = Served::start(&sandbox, |y| {
+        format!("{}\nlimits:\n  per_device: \"2 per 1h\"\n", no_watch(y))
+    });
+    let alice = sandbox.operator_token("alice", Duration::from_secs(600));
+    let automation = sandbox.operator_token("automation", Duration::from_secs(600));
+    let url = s.url("kiosk-phone", &tenant);
+    assert_eq!(send("POST", &url, &[bearer(&alice)], b"").await.status, 204);
+
+    // Lowered to 1: the admission made before the reload counts, whichever policy asks now.
+    let two = std::fs::read_to_string(&s.config).unwrap();
+    s.rewrite_and_reload(&two.replace("per_device: \"2 per 1h\"", "per_device: \"1 per 1h\""));
+    let r = send("POST", &url, &[bearer(&automation)], b"").await;
+    assert_eq!((r.status, r.code().as_str()), (429, "rate_limited"));
+    // Back to 2: one slot is left — the count was neither reset nor charged by the refusal.
+    s.rewrite_and_reload(&two);
+    assert_eq!(
+        send("POST", &url, &[bearer(&automation)], b"").await.status,
+        204
+    );
+    let r = send("POST", &url, &[bearer(&alice)], b"").await;
+    assert_eq!((r.status, r.code().as_str()), (429, "rate_limited"));
+    assert!(
+        s.metrics()
+            .await
+            .contains("passgate_rate_limited_total{policy=\"(caps)\",scope=\"per_device\"} 2"),
+        "both refusals were the cap's"
+    );
+}

@@ -299,6 +299,53 @@ async fn three_gateways_sharing_redis_admit_exactly_three_on_a_per_operator_limi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cap_holds_across_gateways_and_policies() {
+    if !test_support::available() {
+        return;
+    }
+    let redis = RedisServer::start(RedisOptions::default());
+    let sb = sandbox().await;
+    // Two replicas; the helpdesk policy (alice) and the automation policy both cover the kiosk
+    // phone, with room of their own; the top-level cap allows two recoveries of it in all.
+    let gws: Vec<Gw> = (0..2)
+        .map(|_| {
+            Gw::start(
+                &sb,
+                &GwOpts {
+                    state: format!(
+                        "{}limits:\n  per_device: \"2 per 1h\"\n",
+                        state_yaml(&redis.url(), "")
+                    ),
+                    limits: ("1000 per 1h", "1000 per 1h", "1000 per 1h"),
+                    faketime: None,
+                    password: None,
+                    policy_extra: "",
+                },
+            )
+        })
+        .collect();
+    let urls: Vec<String> = gws.iter().map(|g| g.url(sb.tenant())).collect();
+    let alice = tok(&sb);
+    let automation = sb.operator_token("automation", Duration::from_secs(3 * 3600));
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let url = urls[i % 2].clone();
+            let token = if i % 4 < 2 { &alice } else { &automation }.clone();
+            tokio::spawn(async move { call(&url, &token).await })
+        })
+        .collect();
+    let mut rs = Vec::new();
+    for t in tasks {
+        rs.push(t.await.expect("request task"));
+    }
+    let t = tally(&rs);
+    eprintln!("40 over 2 gateways and 2 policies, cap 2 per 1h per device: {t:?}");
+    assert_eq!(t.get(&(204, String::new())), Some(&2), "{t:?}");
+    assert_eq!(t.get(&(429, "rate_limited".into())), Some(&38), "{t:?}");
+    assert_eq!(sb.recover_passcode_calls().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restart_keeps_windows_and_a_redis_outage_fails_closed_until_it_is_back() {
     if !test_support::available() {
         return;

@@ -235,6 +235,10 @@ impl Approvals {
         self.rules.get(policy)
     }
 
+    pub fn notifier(&self) -> &notify::Notifier {
+        &self.notifier
+    }
+
     pub fn store(&self) -> &Arc<dyn ApprovalStore> {
         &self.store
     }
@@ -381,6 +385,7 @@ impl Approvals {
             platform: c.device().operating_system.clone(),
             device_owner: c.device().user_principal_name.clone(),
             requester: person(c.operator()),
+            justification: c.justification().map(str::to_string),
             opened_by_request: inbound.request_id.clone(),
             created_at: now,
             pending_until: now + pending,

@@ -21,6 +21,8 @@ const MAX_ANSWER: usize = 16 * 1024;
 pub struct Notifier {
     client: Option<HttpsClient>,
     urls: Arc<BTreeMap<String, String>>,
+    /// The top-level `notify.webhook`: break-glass uses, and approvals without their own.
+    default_url: Option<Arc<str>>,
     results: prometheus::IntCounterVec,
 }
 
@@ -28,11 +30,13 @@ impl Notifier {
     pub fn new(
         client: HttpsClient,
         urls: BTreeMap<String, String>,
+        default_url: Option<String>,
         results: prometheus::IntCounterVec,
     ) -> Notifier {
         Notifier {
             client: Some(client),
             urls: Arc::new(urls),
+            default_url: default_url.map(Arc::from),
             results,
         }
     }
@@ -48,21 +52,56 @@ impl Notifier {
             "platform": r.platform,
             "device_owner": r.device_owner,
             "requester": { "oid": r.requester.oid, "upn": r.requester.upn },
+            "justification": r.justification,
             "created_at": r.created_at,
             "pending_until": r.pending_until,
         })
     }
 
-    /// Announces a new pending request of `policy`, if it has a webhook. Returns at once.
+    /// Announces a new pending request of `policy` to its webhook (or the default one). Returns
+    /// at once.
     pub fn requested(&self, policy: &str, r: &ApprovalRequest) {
-        let (Some(client), Some(url)) = (self.client.clone(), self.urls.get(policy).cloned())
-        else {
+        let url = self
+            .urls
+            .get(policy)
+            .cloned()
+            .or_else(|| self.default_url.as_deref().map(str::to_string));
+        let body = Notifier::summary("approval_requested", r).to_string();
+        self.post(url, body, policy, &r.id);
+    }
+
+    /// Announces a use of a break-glass policy (once its allow record is durable) to the default
+    /// webhook, or the policy's approval webhook. Returns at once.
+    pub fn break_glass(&self, permit: &crate::policy::Permit, request_id: &str) {
+        let url = self
+            .default_url
+            .as_deref()
+            .map(str::to_string)
+            .or_else(|| self.urls.get(permit.policy()).cloned());
+        let op = permit.operator();
+        let body = serde_json::json!({
+            "event": "break_glass_used",
+            "request_id": request_id,
+            "policy": permit.policy(),
+            "action": permit.action().kind.as_str(),
+            "managed_device_id": permit.action().managed_device_id,
+            "platform": permit.device().operating_system,
+            "device_owner": permit.device().user_principal_name,
+            "operator": { "oid": op.oid, "upn": op.upn },
+            "justification": permit.justification(),
+            "time": chrono::Utc::now(),
+        })
+        .to_string();
+        self.post(url, body, permit.policy(), request_id);
+    }
+
+    fn post(&self, url: Option<String>, body: String, policy: &str, id: &str) {
+        let (Some(client), Some(url)) = (self.client.clone(), url) else {
             return;
         };
-        let body = Notifier::summary("approval_requested", r).to_string();
         let results = self.results.clone();
         let policy = policy.to_string();
-        let id = r.id.clone();
+        let id = id.to_string();
         tokio::spawn(async move {
             let req = http::Request::post(url.as_str())
                 .header(http::header::CONTENT_TYPE, "application/json")
@@ -85,7 +124,7 @@ impl Notifier {
                 Err(why) => {
                     results.with_label_values(&["failure"]).inc();
                     // The URL is a secret: name the policy and the approval, not the target.
-                    tracing::warn!(policy = %policy, approval_id = %id, error = %why, "approval notification not delivered");
+                    tracing::warn!(policy = %policy, id = %id, error = %why, "webhook notification not delivered");
                 }
             }
         });
@@ -98,6 +137,7 @@ impl Default for Notifier {
         Notifier {
             client: None,
             urls: Arc::default(),
+            default_url: None,
             results: prometheus::IntCounterVec::new(
                 prometheus::Opts::new("unused_notifications_total", "unused"),
                 &["result"],

@@ -48,6 +48,9 @@ pub struct ApprovalRequest {
     pub platform: String,
     pub device_owner: Option<String>,
     pub requester: Person,
+    /// The `Passgate-Justification` the requester gave, when the policy reads one.
+    #[serde(default)]
+    pub justification: Option<String>,
     /// The gateway request that opened it.
     pub opened_by_request: String,
     pub created_at: DateTime<Utc>,
@@ -216,6 +219,7 @@ mod tests {
             platform: "Windows Phone".into(),
             device_owner: None,
             requester: person("alice"),
+            justification: None,
             opened_by_request: "r0".into(),
             created_at: t(0),
             pending_until: t(100),

@@ -20,7 +20,8 @@ pub enum AuditCommand {
     /// Verify the hash chain of an audit file or a whole rotation set (files in any order, e.g.
     /// `audit.jsonl*`); report the first break with file and line, exit 1 if any.
     Verify(VerifyArgs),
-    /// Find decisions by operator, device, decision, reason or time, joined with their outcomes.
+    /// Find decisions by operator, device, decision, reason, justification, break-glass or time,
+    /// joined with their outcomes.
     Search(SearchArgs),
 }
 
@@ -66,6 +67,12 @@ pub struct SearchArgs {
     /// Before this time (exclusive): RFC 3339, or YYYY-MM-DD meaning the end of that day.
     #[arg(long, value_name = "T")]
     pub until: Option<String>,
+    /// The operator's Passgate-Justification, exactly (case-insensitive), e.g. a ticket number.
+    #[arg(long, value_name = "TEXT")]
+    pub justification: Option<String>,
+    /// Only decisions under break-glass policies (uses and refusals).
+    #[arg(long)]
+    pub break_glass: bool,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
 }
@@ -176,6 +183,8 @@ fn search_cmd(args: SearchArgs) -> ExitCode {
         reason: args.reason,
         since,
         until,
+        justification: args.justification,
+        break_glass: args.break_glass,
     };
     let result = match search::search(&args.files, &filter) {
         Ok(r) => r,

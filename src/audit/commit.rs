@@ -132,6 +132,8 @@ impl AuditLog {
                 operator: Some(permit.operator()),
                 device: Some(permit.device()),
                 policy: Some(permit.policy()),
+                justification: permit.justification(),
+                break_glass: permit.break_glass(),
             },
             Decision::Allow,
             Reason::Allowed,
@@ -164,6 +166,8 @@ impl AuditLog {
                 operator: known.operator.as_ref(),
                 device: known.device.as_ref(),
                 policy: known.policy.as_deref(),
+                justification: known.justification.as_deref(),
+                break_glass: known.break_glass,
             },
             Decision::Deny,
             note.reason,
@@ -214,6 +218,8 @@ struct Subject<'a> {
     operator: Option<&'a Operator>,
     device: Option<&'a DeviceFacts>,
     policy: Option<&'a str>,
+    justification: Option<&'a str>,
+    break_glass: bool,
 }
 
 fn decision_record(
@@ -243,6 +249,12 @@ fn decision_record(
         message,
         abandoned: None,
         approval_id: None,
+        // Bounded where it is read (policy::controls); bounded again here, on a character
+        // boundary, so no path can put more into a record.
+        justification: about.justification.map(|j| {
+            crate::text::truncated(j, crate::policy::controls::MAX_JUSTIFICATION_BYTES).to_string()
+        }),
+        break_glass: about.break_glass,
     }
 }
 

@@ -75,6 +75,15 @@ pub struct DecisionRecord {
     /// (`deny`, `audit_unavailable`, 503) and this keeps what had been decided. Absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abandoned: Option<AbandonedDecision>,
+    /// What the operator stated in the `Passgate-Justification` header (trimmed, at most 256
+    /// bytes, never control characters); null when none was sent or it could not be recorded as
+    /// sent. Caller-controlled text. Absent from records written before passgate recorded it.
+    #[serde(default)]
+    pub justification: Option<String>,
+    /// The policy named in `policy` is a `break_glass: true` policy: on an allow, a break-glass
+    /// use. Absent (false) in records written before passgate recorded it.
+    #[serde(default)]
+    pub break_glass: bool,
 }
 
 /// What a decision record said before the pipeline gave up waiting for it to be durable.

@@ -28,6 +28,10 @@ pub struct SearchFilter {
     pub since: Option<DateTime<Utc>>,
     /// Records strictly before this time.
     pub until: Option<DateTime<Utc>>,
+    /// The `Passgate-Justification` the operator gave, e.g. a ticket number.
+    pub justification: Option<String>,
+    /// Only decisions under break-glass policies.
+    pub break_glass: bool,
 }
 
 impl SearchFilter {
@@ -37,6 +41,8 @@ impl SearchFilter {
             && self.device.is_none()
             && self.decision.is_none()
             && self.reason.is_none()
+            && self.justification.is_none()
+            && !self.break_glass
     }
 }
 
@@ -228,6 +234,14 @@ fn matches_decision(rec: &Value, f: &SearchFilter) -> bool {
             return false;
         }
     }
+    if let Some(j) = &f.justification {
+        if !eq_ci(rec["justification"].as_str(), j) {
+            return false;
+        }
+    }
+    if f.break_glass && rec["break_glass"].as_bool() != Some(true) {
+        return false;
+    }
     in_time(rec, f)
 }
 
@@ -260,7 +274,12 @@ fn matches_approval(rec: &Value, f: &SearchFilter) -> bool {
 /// neither): by decision `deny`, by the reason its requests would have had or by
 /// `unauthenticated_throttled`, and by time (its first request).
 fn matches_throttled(rec: &Value, f: &SearchFilter) -> bool {
-    if f.operator.is_some() || f.device.is_some() || f.decision == Some(Decision::Allow) {
+    if f.operator.is_some()
+        || f.device.is_some()
+        || f.justification.is_some()
+        || f.break_glass
+        || f.decision == Some(Decision::Allow)
+    {
         return false;
     }
     if let Some(r) = &f.reason {
@@ -303,6 +322,9 @@ struct Row {
     error: String,
     /// Requests the record stands for: 1, or a `throttled` summary's count.
     count: String,
+    /// The operator's `Passgate-Justification` (caller-controlled text).
+    justification: String,
+    break_glass: bool,
 }
 
 fn s(v: &Value) -> String {
@@ -389,6 +411,8 @@ fn row(h: &Hit) -> Row {
         client_ip: s(&r["client_ip"]),
         latency_ms,
         error,
+        justification: s(&r["justification"]),
+        break_glass: r["break_glass"].as_bool() == Some(true),
     }
 }
 
@@ -418,7 +442,7 @@ fn render_json(result: &SearchResult, out: &mut dyn Write) -> io::Result<()> {
     Ok(())
 }
 
-const CSV_HEADER: [&str; 16] = [
+const CSV_HEADER: [&str; 17] = [
     "time",
     "seq",
     "kind",
@@ -435,7 +459,18 @@ const CSV_HEADER: [&str; 16] = [
     "latency_ms",
     "error",
     "count",
+    "justification",
 ];
+
+/// Free text an operator wrote, for a CSV cell: a leading `=`, `+`, `-`, `@`, tab or CR would make
+/// a spreadsheet read it as a formula, so such a value gets a leading `'` (OWASP's advice).
+fn csv_text(v: &str) -> String {
+    if v.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{v}")
+    } else {
+        v.to_owned()
+    }
+}
 
 /// RFC 4180: a field with a comma, quote, CR or LF is quoted, quotes doubled.
 fn csv_field(v: &str) -> String {
@@ -451,6 +486,7 @@ fn render_csv(result: &SearchResult, out: &mut dyn Write) -> io::Result<()> {
     out.write_all(b"\r\n")?;
     for h in &result.hits {
         let r = row(h);
+        let justification = csv_text(&r.justification);
         let fields = [
             &r.time,
             &r.seq,
@@ -468,6 +504,7 @@ fn render_csv(result: &SearchResult, out: &mut dyn Write) -> io::Result<()> {
             &r.latency_ms,
             &r.error,
             &r.count,
+            &justification,
         ];
         let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
         out.write_all(line.join(",").as_bytes())?;
@@ -490,6 +527,18 @@ fn sanitize(v: &str) -> String {
         .collect()
 }
 
+/// Longest justification shown in the table, in characters (JSON and CSV have all of it).
+const MAX_TABLE_JUSTIFICATION_CHARS: usize = 48;
+
+fn shortened(v: &str, max: usize) -> String {
+    if v.chars().count() <= max {
+        return v.to_owned();
+    }
+    let mut out: String = v.chars().take(max - 1).collect();
+    out.push('…');
+    out
+}
+
 fn render_table(result: &SearchResult, out: &mut dyn Write) -> io::Result<()> {
     let header = [
         "TIME",
@@ -500,9 +549,10 @@ fn render_table(result: &SearchResult, out: &mut dyn Write) -> io::Result<()> {
         "POLICY",
         "STATUS",
         "REQUEST_ID",
+        "JUSTIFICATION",
     ];
     let dash = |v: String| if v.is_empty() { "-".to_owned() } else { v };
-    let rows: Vec<[String; 8]> = result
+    let rows: Vec<[String; 9]> = result
         .hits
         .iter()
         .map(|h| {
@@ -529,15 +579,22 @@ fn render_table(result: &SearchResult, out: &mut dyn Write) -> io::Result<()> {
             } else {
                 r.status
             };
+            let policy = if r.break_glass {
+                format!("{} (BREAK-GLASS)", r.policy)
+            } else {
+                r.policy
+            };
             [
                 r.time,
                 r.decision,
                 reason,
                 operator,
                 r.device,
-                r.policy,
+                policy,
                 status,
                 r.request_id,
+                // The last column is not padded, but a long statement still wraps: keep a prefix.
+                shortened(&r.justification, MAX_TABLE_JUSTIFICATION_CHARS),
             ]
             .map(|c| dash(sanitize(&c)))
         })
@@ -599,6 +656,17 @@ mod tests {
         assert_eq!(csv_field("a,b"), "\"a,b\"");
         assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
         assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
+    }
+
+    #[test]
+    fn operator_text_cannot_become_a_spreadsheet_formula() {
+        assert_eq!(csv_text("INC0012345"), "INC0012345");
+        assert_eq!(csv_text("=HYPERLINK(\"x\")"), "'=HYPERLINK(\"x\")");
+        for lead in ["+", "-", "@", "\t", "\r"] {
+            assert!(csv_text(&format!("{lead}1")).starts_with('\''), "{lead:?}");
+        }
+        assert_eq!(shortened("abc", 3), "abc");
+        assert_eq!(shortened("abcdé", 3), "ab…");
     }
 
     #[test]

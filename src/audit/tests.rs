@@ -47,6 +47,8 @@ fn decision(id: &str) -> DecisionRecord {
         message: None,
         abandoned: None,
         approval_id: None,
+        justification: None,
+        break_glass: false,
     }
 }
 

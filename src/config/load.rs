@@ -3,9 +3,11 @@
 //! fix it. Validation refuses anything ambiguous and never echoes a secret value.
 
 use super::locate::{KeyPath, Locator, Pos};
-use super::schema::{Cloud, Config, DeviceMatch, OperatorMatch, PolicyConfig, SecretRef};
+use super::schema::{
+    Cloud, Config, DeviceMatch, LimitsConfig, OperatorMatch, PolicyConfig, SecretRef,
+};
 use super::settings::{Endpoints, OperatorAuthSettings, ServerSettings, Settings};
-use crate::policy::{Limit, LimitScope, PolicySettings};
+use crate::policy::{BreakGlass, JustificationRule, Limit, LimitScope, Pattern, PolicySettings};
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
@@ -179,6 +181,20 @@ impl Validator<'_> {
         }
     }
 
+    /// [`Validator::err`], placed at the nearest enclosing key the locator finds when `path`
+    /// itself is not on a line of its own (e.g. inside a flow mapping `{required: true, …}`).
+    fn err_near(&self, path: &KeyPath, at_value: bool, message: String, hint: &str) -> ConfigError {
+        let mut e = self.err(path, at_value, message, hint);
+        let mut up = path.clone();
+        while e.line.is_none() && up.0.pop().is_some() {
+            if let Some(p) = self.loc.key(&up) {
+                e.line = Some(p.line);
+                e.column = Some(p.column);
+            }
+        }
+        e
+    }
+
     fn settings(&self, raw: Config) -> R<Settings> {
         let root = KeyPath::root();
         let server = root.key("server");
@@ -286,6 +302,15 @@ impl Validator<'_> {
 
         let policies = self.policies(&raw.policies)?;
         let approvals = self.approvals(&raw.policies)?;
+        if let Some(SecretRef::Inline(_)) = raw.notify.as_ref().map(|n| &n.webhook) {
+            return Err(self.err(
+                &root.key("notify").key("webhook"),
+                true,
+                "the webhook URL must not be written inline".into(),
+                "write env:NAME or file:PATH: the URL usually carries a token",
+            ));
+        }
+        let caps = self.limits(&root.key("limits"), &raw.limits)?;
         let state = match &raw.state {
             Some(st) => Some(self.redis(&root.key("state").key("redis"), &st.redis)?),
             None => None,
@@ -319,6 +344,7 @@ impl Validator<'_> {
             audit: raw.audit.clone(),
             policies,
             approvals,
+            caps,
             state,
             raw,
         })
@@ -589,27 +615,12 @@ impl Validator<'_> {
             self.operators(&path.key("operators"), name, &p.operators)?;
         let (device_groups, any_device, platforms) =
             self.devices(&path.key("devices"), name, &p.devices)?;
-        let lp = path.key("limits");
-        let mut limits = Vec::new();
-        for (key, scope, v) in [
-            (
-                "per_operator",
-                LimitScope::PerOperator,
-                &p.limits.per_operator,
-            ),
-            ("per_device", LimitScope::PerDevice, &p.limits.per_device),
-            ("global", LimitScope::Global, &p.limits.global),
-        ] {
-            if let Some(text) = v {
-                let (count, window) =
-                    parse_rate(text).map_err(|(m, h)| self.err(&lp.key(key), true, m, &h))?;
-                limits.push(Limit {
-                    scope,
-                    count,
-                    window,
-                });
-            }
-        }
+        let limits = self.limits(&path.key("limits"), &p.limits)?;
+        let justification = match &p.justification {
+            Some(j) => Some(self.justification(&path.key("justification"), name, j)?),
+            None => None,
+        };
+        let break_glass = self.break_glass(path, name, p, justification.as_ref(), &limits)?;
         Ok(PolicySettings {
             name: name.to_string(),
             description: p.description.clone(),
@@ -620,6 +631,9 @@ impl Validator<'_> {
             any_device,
             platforms,
             limits,
+            justification,
+            allow_own_device: p.allow_own_device,
+            break_glass,
         })
     }
 
@@ -695,6 +709,96 @@ impl Validator<'_> {
             );
         }
         Ok(out)
+    }
+
+    /// A `limits:` block (a policy's, or the top-level caps): `"N per DURATION"` per scope.
+    fn limits(&self, lp: &KeyPath, l: &LimitsConfig) -> R<Vec<Limit>> {
+        let mut limits = Vec::new();
+        for (key, scope, v) in [
+            ("per_operator", LimitScope::PerOperator, &l.per_operator),
+            ("per_device", LimitScope::PerDevice, &l.per_device),
+            ("global", LimitScope::Global, &l.global),
+        ] {
+            if let Some(text) = v {
+                let (count, window) =
+                    parse_rate(text).map_err(|(m, h)| self.err_near(&lp.key(key), true, m, &h))?;
+                limits.push(Limit {
+                    scope,
+                    count,
+                    window,
+                });
+            }
+        }
+        Ok(limits)
+    }
+
+    /// `justification:`: `required` and/or a `pattern`, compiled here so a bad one is a config
+    /// error, never a request-time surprise.
+    fn justification(
+        &self,
+        path: &KeyPath,
+        name: &str,
+        j: &super::schema::JustificationConfig,
+    ) -> R<JustificationRule> {
+        if !j.required && j.pattern.is_none() {
+            return Err(self.err_near(path, false, format!("policy `{name}` has a `justification` block that asks for nothing"), "write `required: true` (the Passgate-Justification header must be sent) and/or a `pattern` its value must match, or remove the block"));
+        }
+        let pattern = match &j.pattern {
+            Some(text) => Some(Pattern::new(text).map_err(|e| {
+                self.err_near(
+                    &path.key("pattern"),
+                    true,
+                    e.to_string(),
+                    "a regular expression (Rust `regex` syntax: no look-around, no backreferences) that the WHOLE header value must match — passgate anchors it, e.g. `(INC|CHG)[0-9]{7}`; quote it in YAML",
+                )
+            })?),
+            None => None,
+        };
+        Ok(JustificationRule {
+            required: j.required,
+            pattern,
+        })
+    }
+
+    /// `break_glass: true` needs a required justification, limits of its own and `active_until`;
+    /// `active_until` means nothing on any other policy.
+    fn break_glass(
+        &self,
+        path: &KeyPath,
+        name: &str,
+        p: &PolicyConfig,
+        justification: Option<&JustificationRule>,
+        limits: &[Limit],
+    ) -> R<Option<BreakGlass>> {
+        let bp = path.key("break_glass");
+        let ap = path.key("active_until");
+        if !p.break_glass {
+            if p.active_until.is_some() {
+                return Err(self.err_near(&ap, false, format!("policy `{name}` sets `active_until` but is not a break-glass policy"), "`active_until` only applies with `break_glass: true`; remove it, or mark the policy as break-glass"));
+            }
+            return Ok(None);
+        }
+        if !justification.is_some_and(|j| j.required) {
+            return Err(self.err_near(&bp, false, format!("break-glass policy `{name}` does not require a justification"), "add `justification: {required: true, pattern: \"...\"}`: every emergency use must say why (e.g. the incident number)"));
+        }
+        if limits.is_empty() {
+            return Err(self.err_near(&bp, false, format!("break-glass policy `{name}` has no limits of its own"), "add `limits:` (e.g. `per_operator: \"2 per 1d\"`, `global: \"5 per 1d\"`): an emergency policy must still be bounded"));
+        }
+        let Some(text) = &p.active_until else {
+            return Err(self.err_near(&bp, false, format!("break-glass policy `{name}` has no `active_until`"), "add `active_until: \"2026-12-01T18:00:00Z\"` (RFC 3339): the policy admits nothing after it, so a forgotten emergency policy closes by itself"));
+        };
+        let t = text.trim();
+        let active_until = chrono::DateTime::parse_from_rfc3339(t)
+            .map_err(|e| {
+                self.err_near(
+                    &ap,
+                    true,
+                    format!("`{t}` is not an RFC 3339 time: {e}"),
+                    "write a date, time and zone, e.g. \"2026-12-01T18:00:00Z\" or \"2026-12-01T19:00:00+01:00\"",
+                )
+            })?
+            .with_timezone(&chrono::Utc);
+        Ok(Some(BreakGlass { active_until }))
     }
 
     #[allow(clippy::type_complexity)]

@@ -1088,3 +1088,201 @@ fn unsafe_settings_are_bounded_or_warned() {
     let unlimited = format!("{}{SECOND}", oa(""));
     assert_eq!(warned(&unlimited), ["policies.second"]);
 }
+
+/// BASE with `extra` (policy keys, 4-space indent) added to its `helpdesk` policy, from line 20.
+fn with_controls(extra: &str) -> String {
+    with(
+        "      per_device: \"1 per 10m\"\n",
+        &format!("      per_device: \"1 per 10m\"\n{extra}"),
+    )
+}
+
+const GLASS: &str = "    justification:\n      required: true\n    break_glass: true\n    active_until: \"2026-12-01T19:00:00+01:00\"\n";
+
+#[test]
+fn controls_load_and_compile() {
+    let s = ok(&format!(
+        "{}limits:\n  per_device: \"3 per 1d\"\n  global: \"500 per 1d\"\n",
+        with_controls(
+            "    justification:\n      required: true\n      pattern: \"(INC|CHG)[0-9]{7}\"\n    allow_own_device: true\n"
+        )
+    ));
+    let p = &s.policies[0];
+    let j = p.justification.as_ref().unwrap();
+    assert!(j.required);
+    let pattern = j.pattern.as_ref().unwrap();
+    assert_eq!(pattern.as_str(), "(INC|CHG)[0-9]{7}");
+    assert!(pattern.matches("CHG0000001") && !pattern.matches("CHG0000001x"));
+    assert!(p.allow_own_device);
+    assert_eq!(p.break_glass, None);
+    assert_eq!(
+        s.caps,
+        vec![
+            Limit {
+                scope: LimitScope::PerDevice,
+                count: 3,
+                window: Duration::from_secs(86_400)
+            },
+            Limit {
+                scope: LimitScope::Global,
+                count: 500,
+                window: Duration::from_secs(86_400)
+            }
+        ]
+    );
+    // Defaults: no rule, separation of duty on, not break-glass, no caps.
+    let s = ok(BASE);
+    let p = &s.policies[0];
+    assert_eq!(
+        (&p.justification, p.allow_own_device, &p.break_glass),
+        (&None, false, &None)
+    );
+    assert!(s.caps.is_empty());
+    // Break-glass: the time is resolved to UTC; a pattern-less required justification is enough.
+    let s = ok(&with_controls(GLASS));
+    let bg = s.policies[0].break_glass.unwrap();
+    assert_eq!(bg.active_until.to_rfc3339(), "2026-12-01T18:00:00+00:00");
+    // Optional justification with a pattern.
+    let s = ok(&with_controls(
+        "    justification: {pattern: \"INC[0-9]+\"}\n",
+    ));
+    let j = s.policies[0].justification.as_ref().unwrap();
+    assert!(!j.required && j.pattern.is_some());
+}
+
+#[test]
+fn controls_are_validated_where_they_are_written() {
+    for (extra, needle, line) in [
+        ("    justification: {}\n", "asks for nothing", 20),
+        (
+            "    justification:\n      required: false\n",
+            "asks for nothing",
+            20,
+        ),
+        (
+            "    justification:\n      required: true\n      pattern: \"(INC\"\n",
+            "not a valid regular expression",
+            22,
+        ),
+        (
+            "    justification:\n      pattern: \"\"\n",
+            "pattern is empty",
+            21,
+        ),
+        // A flow mapping: placed at the enclosing key.
+        (
+            "    justification: {required: true, pattern: \"[0-9\"}\n",
+            "not a valid regular expression",
+            20,
+        ),
+        (
+            "    break_glass: true\n    active_until: \"2026-12-01T18:00:00Z\"\n",
+            "does not require a justification",
+            20,
+        ),
+        (
+            "    justification: {pattern: \"x\"}\n    break_glass: true\n    active_until: \"2026-12-01T18:00:00Z\"\n",
+            "does not require a justification",
+            21,
+        ),
+        (
+            "    justification:\n      required: true\n    break_glass: true\n",
+            "has no `active_until`",
+            22,
+        ),
+        (
+            "    justification:\n      required: true\n    break_glass: true\n    active_until: \"next tuesday\"\n",
+            "is not an RFC 3339 time",
+            23,
+        ),
+        (
+            "    justification:\n      required: true\n    break_glass: true\n    active_until: \"2026-12-01T18:00:00\"\n",
+            "is not an RFC 3339 time",
+            23,
+        ),
+        (
+            "    active_until: \"2026-12-01T18:00:00Z\"\n",
+            "is not a break-glass policy",
+            20,
+        ),
+    ] {
+        let e = err(&with_controls(extra));
+        check(&e, needle, None);
+        assert_eq!(e.line, Some(line), "{extra:?}: {e}");
+        assert!(e.message.starts_with("policies[0]."), "{e}");
+    }
+    // The pattern error points at the value, with a hint about the syntax and the anchoring.
+    let e = err(&with_controls(
+        "    justification:\n      required: true\n      pattern: \"(INC\"\n",
+    ));
+    assert_eq!((e.line, e.column), (Some(22), Some(16)), "{e}");
+    assert!(e.hint.as_deref().unwrap().contains("WHOLE"), "{e}");
+    assert!(!e.message.contains('\n'), "{e}");
+    // Break-glass without limits of its own (the second policy has none).
+    let e = err(&format!(
+        "{BASE}{}",
+        SECOND.replace(
+            "      any_device: true\n",
+            &format!("      any_device: true\n{GLASS}")
+        )
+    ));
+    check(&e, "has no limits of its own", Some((27, 5)));
+    // Unknown keys under `justification` are refused like everywhere else.
+    let e = err(&with_controls("    justification:\n      requried: true\n"));
+    assert!(e.message.contains("unknown field"), "{e}");
+    // Top-level caps use the limits parser, located.
+    let e = err(&format!("{BASE}limits:\n  per_device: \"0 per 1h\"\n"));
+    check(&e, "limits.per_device", Some((21, 15)));
+    let e = err(&format!(
+        "{BASE}limits:\n  per_device_total: \"1 per 1h\"\n"
+    ));
+    assert!(e.message.contains("unknown field"), "{e}");
+}
+
+#[test]
+fn check_shows_the_controls_and_warns_about_break_glass_windows() {
+    let text = format!(
+        "{}limits:\n  per_device: \"3 per 1d\"\n",
+        with_controls(&format!(
+            "    allow_own_device: true\n{}",
+            GLASS.replace(
+                "      required: true\n",
+                "      required: true\n      pattern: \"INC[0-9]{7}\"\n"
+            )
+        ))
+    );
+    let s = ok(&text);
+    let out = crate::config::summary(&s);
+    for want in [
+        "caps          3 per 1d per device — across all policies",
+        "controls: BREAK-GLASS until 2026-12-01T18:00:00Z; justification required matching `INC[0-9]{7}`; allow_own_device: true",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    let optional = ok(&with_controls(
+        "    justification: {pattern: \"INC[0-9]+\"}\n",
+    ));
+    assert!(crate::config::summary(&optional)
+        .contains("controls: justification optional, if sent matching `INC[0-9]+`"));
+    assert!(!crate::config::summary(&ok(BASE)).contains("controls:"));
+    assert!(!crate::config::summary(&ok(BASE)).contains("caps "));
+
+    let at = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap().to_utc();
+    let keys = |now| -> Vec<String> {
+        crate::config::warnings_at(&s, now)
+            .into_iter()
+            .map(|w| w.key)
+            .filter(|k| k.starts_with("policies."))
+            .collect()
+    };
+    let key = "policies.helpdesk.active_until";
+    assert_eq!(keys(at("2026-11-30T18:00:00Z")), Vec::<String>::new());
+    assert_eq!(keys(at("2026-12-01T18:00:01Z")), [key], "expired");
+    assert_eq!(keys(at("2026-08-01T00:00:00Z")), [key], "over 90 days away");
+    let w = crate::config::warnings_at(&s, at("2026-12-02T00:00:00Z"));
+    assert!(
+        w.iter()
+            .any(|w| w.reason.contains("has passed") && w.reason.contains("admits nothing")),
+        "{w:?}"
+    );
+}

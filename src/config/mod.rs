@@ -16,4 +16,4 @@ pub use schema::*;
 pub use secret::{Secret, SecretError};
 pub use settings::{Endpoints, OperatorAuthSettings, ServerSettings, Settings};
 pub use summary::summary;
-pub use warnings::{warnings, Warning};
+pub use warnings::{warnings, warnings_at, Warning};

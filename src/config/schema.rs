@@ -33,6 +33,14 @@ pub struct Config {
     pub state: Option<StateConfig>,
     /// Evaluated in order; the first policy that admits the request is the one recorded.
     pub policies: Vec<PolicyConfig>,
+    /// Caps across policies: charged on every admission, whichever policy admits it, together
+    /// with that policy's own limits (all-or-nothing). Same keys as a policy's `limits`.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// The default webhook: break-glass uses, and new approval requests of policies without an
+    /// `approval.notify` of their own.
+    #[serde(default)]
+    pub notify: Option<NotifyConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -461,6 +469,31 @@ pub struct PolicyConfig {
     /// Two-person approval: a second person must approve each use (see docs/policies.md).
     #[serde(default)]
     pub approval: Option<ApprovalConfig>,
+    /// A statement the operator gives in the `Passgate-Justification` header.
+    #[serde(default)]
+    pub justification: Option<JustificationConfig>,
+    /// Let operators act on a device whose Intune primary user (`userId`) they are themselves.
+    /// Default false: separation of duty.
+    #[serde(default)]
+    pub allow_own_device: bool,
+    /// An emergency policy: needs `justification.required: true`, its own `limits` and
+    /// `active_until`; every use is flagged, counted and alerted on.
+    #[serde(default)]
+    pub break_glass: bool,
+    /// RFC 3339 time after which a break-glass policy admits nothing.
+    #[serde(default)]
+    pub active_until: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JustificationConfig {
+    /// The header must be sent (non-empty). Default false.
+    #[serde(default)]
+    pub required: bool,
+    /// Regular expression the whole header value must match when sent.
+    #[serde(default)]
+    pub pattern: Option<String>,
 }
 
 /// `approval:` of a policy.

@@ -3,7 +3,7 @@
 //! *references*, never secret values (those are resolved at start-up).
 
 use super::schema::{AppCredentialConfig, AuditConfig, Config, GraphConfig, TlsConfig};
-use crate::policy::PolicySettings;
+use crate::policy::{Limit, PolicySettings};
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -31,6 +31,8 @@ pub struct Settings {
     pub policies: Vec<PolicySettings>,
     /// Approval rules by policy name (policies without `approval:` have none).
     pub approvals: std::collections::BTreeMap<String, crate::approval::ApprovalRule>,
+    /// Top-level `limits:`: caps charged on every admission, whichever policy admits.
+    pub caps: Vec<Limit>,
 }
 
 /// Every URL passgate talks to, resolved from the cloud defaults and the overrides.

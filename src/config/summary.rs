@@ -138,6 +138,14 @@ fn write_summary(o: &mut String, s: &Settings) -> std::fmt::Result {
     };
     writeln!(o, "audit         {}{extra}", s.audit.path)?;
     write_state(o, s)?;
+    if !s.caps.is_empty() {
+        let l: Vec<String> = s.caps.iter().map(limit).collect();
+        writeln!(
+            o,
+            "caps          {} — across all policies, charged on every admission",
+            l.join("; ")
+        )?;
+    }
     writeln!(o, "policies      {} (first match wins)", s.policies.len())?;
     for (i, p) in s.policies.iter().enumerate() {
         write_policy(o, i + 1, p)?;
@@ -183,6 +191,32 @@ fn write_policy(o: &mut String, n: usize, p: &PolicySettings) -> std::fmt::Resul
     } else {
         let l: Vec<String> = p.limits.iter().map(limit).collect();
         writeln!(o, "     limits:  {}", l.join("; "))?;
+    }
+    let mut controls = Vec::new();
+    if let Some(bg) = &p.break_glass {
+        controls.push(format!(
+            "BREAK-GLASS until {}",
+            bg.active_until
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ));
+    }
+    if let Some(j) = &p.justification {
+        let pattern = j
+            .pattern
+            .as_ref()
+            .map(|pt| format!(" matching `{}`", pt.as_str()))
+            .unwrap_or_default();
+        controls.push(if j.required {
+            format!("justification required{pattern}")
+        } else {
+            format!("justification optional, if sent{pattern}")
+        });
+    }
+    if p.allow_own_device {
+        controls.push("allow_own_device: true (operators may act on their own devices)".into());
+    }
+    if !controls.is_empty() {
+        writeln!(o, "     controls: {}", controls.join("; "))?;
     }
     Ok(())
 }

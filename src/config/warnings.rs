@@ -11,6 +11,9 @@ const WARN_FACTS_CACHE_TTL_SECONDS: u64 = 900;
 const WARN_LEEWAY_SECONDS: u64 = 120;
 /// Below this, tokens with unknown key ids can make passgate refetch the JWKS that often.
 const WARN_JWKS_REFRESH_FLOOR_SECONDS: u64 = 10;
+/// A break-glass policy open for longer than this is a standing grant, not an emergency one: a
+/// quarterly access review is the longest cadence it should outlive.
+const WARN_BREAK_GLASS_DAYS: i64 = 90;
 
 /// One risky setting: the config key and why it matters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,8 +51,13 @@ fn plain_remote_redis(u: &str) -> bool {
     })
 }
 
-/// Every warning for these settings, in a stable order.
+/// Every warning for these settings now, in a stable order.
 pub fn warnings(s: &Settings) -> Vec<Warning> {
+    warnings_at(s, chrono::Utc::now())
+}
+
+/// Every warning for these settings at `now` (break-glass expiry depends on it).
+pub fn warnings_at(s: &Settings, now: chrono::DateTime<chrono::Utc>) -> Vec<Warning> {
     let mut w = Vec::new();
     let mut add = |key: &str, reason: String| {
         w.push(Warning {
@@ -149,6 +157,22 @@ pub fn warnings(s: &Settings) -> Vec<Warning> {
                 "any_device without limits: its operators can recover every device, without bound"
                     .into(),
             );
+        }
+        if let Some(bg) = &p.break_glass {
+            let until = bg
+                .active_until
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            if bg.active_until < now {
+                add(
+                    &format!("policies.{}.active_until", p.name),
+                    format!("{until} has passed: this break-glass policy admits nothing; remove it, or set a new active_until for a new emergency"),
+                );
+            } else if bg.active_until - now > chrono::Duration::days(WARN_BREAK_GLASS_DAYS) {
+                add(
+                    &format!("policies.{}.active_until", p.name),
+                    format!("{until} is more than {WARN_BREAK_GLASS_DAYS} days away: a break-glass policy that long is a standing grant; keep the window short and renew it when needed"),
+                );
+            }
         }
     }
     w

@@ -35,9 +35,11 @@ impl Refusal {
         })
     }
 
-    /// A policy or limit denial; `known.policy` becomes the policy the denial names.
+    /// A policy or limit denial; `known.policy` becomes the policy the denial names (and
+    /// `known.break_glass` whether that is a break-glass policy).
     pub fn denied(d: Denial, mut known: Known) -> Box<Refusal> {
         known.policy = d.policy;
+        known.break_glass = d.break_glass;
         let mut r = Refusal::new(d.reason, d.message, known);
         if let Some(after) = d.retry_after {
             let secs = after.as_secs().max(1);

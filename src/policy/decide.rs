@@ -1,10 +1,12 @@
 //! The pure policy decision: which policies an operator may act under, and whether the target
-//! device satisfies one of them. No I/O, no clock, no hyper; deny by default. A [`Candidate`] is
-//! only an allow *before* rate limits — it cannot be forwarded on; only a `Permit` can.
+//! device and the request satisfy one of them. No I/O, no clock (time is a request fact), no
+//! hyper; deny by default. A [`Candidate`] is only an allow *before* rate limits — it cannot be
+//! forwarded on; only a `Permit` can.
 
+use super::controls::{self, Justification, RequestFacts};
 use super::facts::{DeviceFacts, FactsOutcome};
 use super::{Limit, PolicySettings};
-use crate::auth::Operator;
+use crate::auth::{Operator, OperatorKind};
 use crate::error::Reason;
 use crate::routes::{Action, RouteForm};
 use std::collections::BTreeSet;
@@ -21,6 +23,8 @@ pub struct Denial {
     pub policy: Option<String>,
     pub retry_after: Option<Duration>,
     pub rate: Option<super::RateInfo>,
+    /// The policy named in `policy` is a break-glass policy (its refusals are flagged too).
+    pub break_glass: bool,
 }
 
 impl Denial {
@@ -31,13 +35,15 @@ impl Denial {
             policy: policy.map(str::to_string),
             retry_after: None,
             rate: None,
+            break_glass: false,
         }
     }
 }
 
-/// An allow before limits: the action, the operator, the device facts it was decided on and the
-/// policy that admitted it. Private fields and no public constructor: only [`PolicySet::decide`]
-/// makes one, and only `RateLimiter::admit` turns it into a `Permit`.
+/// An allow before limits: the action, the operator, the device facts it was decided on, the
+/// policy that admitted it and what the later steps need (its limits and the set's caps, the
+/// justification given, the break-glass flag). Private fields and no public constructor: only
+/// [`PolicySet::decide`] makes one, and only `RateLimiter::admit` turns it into a `Permit`.
 #[derive(Debug)]
 pub struct Candidate {
     action: Action,
@@ -45,6 +51,9 @@ pub struct Candidate {
     device: DeviceFacts,
     policy: String,
     limits: Vec<Limit>,
+    caps: Vec<Limit>,
+    justification: Option<String>,
+    break_glass: bool,
 }
 
 impl Candidate {
@@ -62,6 +71,20 @@ impl Candidate {
     }
     pub fn limits(&self) -> &[Limit] {
         &self.limits
+    }
+    /// The top-level `limits:` (caps across policies), charged with the policy's own limits.
+    pub fn caps(&self) -> &[Limit] {
+        &self.caps
+    }
+    /// What the operator stated in `Passgate-Justification` (trimmed, at most 256 bytes, no
+    /// control characters), whether or not the admitting policy asked for it.
+    pub fn justification(&self) -> Option<&str> {
+        self.justification.as_deref()
+    }
+    /// Admitted by a `break_glass: true` policy: the audit record flags it, a counter counts it
+    /// and notifications should say so.
+    pub fn break_glass(&self) -> bool {
+        self.break_glass
     }
     /// The facts it was decided on, for the record of a refusal further on. Giving them back
     /// proves nothing: only `decide` makes a `Candidate`.
@@ -107,19 +130,26 @@ impl OperatorScreen {
 
 static NEXT_SET_ID: AtomicU64 = AtomicU64::new(1);
 
-/// The compiled, ordered policies. Immutable; a config reload builds a new one.
+/// The compiled, ordered policies and the caps across them. Immutable; a config reload builds a
+/// new one.
 #[derive(Debug)]
 pub struct PolicySet {
     id: u64,
     policies: Vec<PolicySettings>,
+    caps: Vec<Limit>,
 }
 
-/// How far a policy got before failing; the furthest failure is the one reported.
+/// How far a policy got before failing; the furthest failure is the one reported. The device
+/// stages come first, then the request controls: separation of duty, justification, break-glass
+/// expiry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Stage {
     Registered = 0,
     Group = 1,
     Platform = 2,
+    OwnDevice = 3,
+    Justification = 4,
+    BreakGlassExpired = 5,
 }
 
 impl PolicySet {
@@ -127,11 +157,23 @@ impl PolicySet {
         PolicySet {
             id: NEXT_SET_ID.fetch_add(1, Ordering::Relaxed),
             policies,
+            caps: Vec::new(),
         }
+    }
+
+    /// The same set with top-level caps (`limits:`), charged on every admission whichever policy
+    /// admits it.
+    pub fn with_caps(mut self, caps: Vec<Limit>) -> PolicySet {
+        self.caps = caps;
+        self
     }
 
     pub fn policies(&self) -> &[PolicySettings] {
         &self.policies
+    }
+
+    pub fn caps(&self) -> &[Limit] {
+        &self.caps
     }
 
     /// Policies whose operator rule matches: `users ∋ oid`, `groups ∩ op.groups` or
@@ -174,13 +216,15 @@ impl PolicySet {
     }
 
     /// The decision. Order: operator screen, facts outcome, user-form ownership, then each
-    /// candidate policy in config order; the first that passes wins.
+    /// candidate policy in config order — its device rule, then its request controls — and the
+    /// first that passes wins. `request` carries the justification header and the time.
     pub fn decide(
         &self,
         screen: &OperatorScreen,
         action: &Action,
         op: &Operator,
         facts: &FactsOutcome,
+        request: &RequestFacts,
     ) -> Result<Candidate, Denial> {
         if screen.set_id != self.id || !screen.oid.eq_ignore_ascii_case(&op.oid) {
             // A screen from an older policy set (reload mid-request) or another operator: its
@@ -239,15 +283,29 @@ impl PolicySet {
 
         let mut worst: Option<(Stage, Denial)> = None;
         for p in screen.matched.iter().filter_map(|&i| self.policies.get(i)) {
-            match device_failure(p, device, facts) {
+            let failure = device_failure(p, device, facts)
+                .or_else(|| control_failure(p, device, op, facts, request))
+                .map(|(stage, mut denial)| {
+                    denial.break_glass = p.break_glass.is_some();
+                    (stage, denial)
+                });
+            match failure {
                 None => {
+                    let justification = match &request.justification {
+                        Justification::Given(text) => Some(text.clone()),
+                        // A malformed header fails every policy's control stage above.
+                        _ => None,
+                    };
                     return Ok(Candidate {
                         action: action.clone(),
                         operator: op.clone(),
                         device: facts.clone(),
                         policy: p.name.clone(),
                         limits: p.limits.clone(),
-                    })
+                        caps: self.caps.clone(),
+                        justification,
+                        break_glass: p.break_glass.is_some(),
+                    });
                 }
                 Some((stage, denial)) => {
                     // Strictly greater: on a tie the earlier policy's failure is reported.
@@ -320,6 +378,67 @@ fn device_failure(p: &PolicySettings, device: &str, f: &DeviceFacts) -> Option<(
     None
 }
 
+/// Request controls of one policy, after its device rule: own device, justification, break-glass
+/// expiry — in that order. None = passes.
+fn control_failure(
+    p: &PolicySettings,
+    device: &str,
+    op: &Operator,
+    f: &DeviceFacts,
+    request: &RequestFacts,
+) -> Option<(Stage, Denial)> {
+    let name = p.name.as_str();
+    // Separation of duty: only a person can be a device's primary user. An app-only token's oid
+    // is a service principal's, never a device's userId, so the check does not apply to it.
+    let own = op.kind == OperatorKind::User
+        && f.user_id
+            .as_deref()
+            .is_some_and(|u| u.eq_ignore_ascii_case(&op.oid));
+    if own && !p.allow_own_device {
+        return Some((
+            Stage::OwnDevice,
+            Denial::new(
+                Reason::OwnDeviceNotAllowed,
+                format!(
+                    "policy '{name}' does not let an operator act on a device of which they are the primary user (managed device {device}); ask another operator"
+                ),
+                Some(name),
+            ),
+        ));
+    }
+    if let Some((missing, message)) =
+        controls::justification_failure(name, p.justification.as_ref(), &request.justification)
+    {
+        let reason = if missing {
+            Reason::JustificationRequired
+        } else {
+            Reason::JustificationInvalid
+        };
+        return Some((
+            Stage::Justification,
+            Denial::new(reason, message, Some(name)),
+        ));
+    }
+    if let Some(bg) = &p.break_glass {
+        // Active up to and including `active_until`; nothing is admitted after it.
+        if request.now > bg.active_until {
+            return Some((
+                Stage::BreakGlassExpired,
+                Denial::new(
+                    Reason::BreakGlassExpired,
+                    format!(
+                        "break-glass policy '{name}' expired at {}; it admits nothing any more",
+                        bg.active_until
+                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    ),
+                    Some(name),
+                ),
+            ));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -329,11 +448,16 @@ pub(crate) mod tests {
 
     pub const DEV: &str = "f61dc341-c9c9-40c1-abbd-6997016f4c9e";
     pub const OID: &str = "0f7e78ba-6e1f-485b-8b8b-fb86895f0498";
-    const OWNER: &str = "11111111-2222-3333-4444-555555555555";
+    pub const OWNER: &str = "11111111-2222-3333-4444-555555555555";
     const OWNER_UPN: &str = "Ada.Lovelace@Contoso.com";
     const HELPDESK: &str = "aaaaaaaa-0000-0000-0000-000000000001";
-    const PHONES: &str = "bbbbbbbb-0000-0000-0000-000000000001";
-    const KIOSKS: &str = "bbbbbbbb-0000-0000-0000-000000000002";
+    pub const PHONES: &str = "bbbbbbbb-0000-0000-0000-000000000001";
+    pub const KIOSKS: &str = "bbbbbbbb-0000-0000-0000-000000000002";
+
+    /// The time every decision in these tests is made at.
+    pub fn now() -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::from_timestamp(1_800_000_000, 0).expect("a valid time")
+    }
 
     pub fn operator(oid: &str) -> Operator {
         Operator {
@@ -359,7 +483,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn facts(groups: &[&str], os: &str) -> DeviceFacts {
+    pub fn facts(groups: &[&str], os: &str) -> DeviceFacts {
         DeviceFacts {
             managed_device_id: DEV.into(),
             azure_ad_device_id: Some("6fa60d52-01e7-4b18-8055-4759461fc16b".into()),
@@ -371,7 +495,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn set(xs: &[&str]) -> BTreeSet<String> {
+    pub fn set(xs: &[&str]) -> BTreeSet<String> {
         xs.iter().map(|s| s.to_string()).collect()
     }
 
@@ -386,10 +510,13 @@ pub(crate) mod tests {
             any_device: true,
             platforms: None,
             limits: vec![],
+            justification: None,
+            allow_own_device: false,
+            break_glass: None,
         }
     }
 
-    fn for_user(name: &str, device_groups: &[&str]) -> PolicySettings {
+    pub fn for_user(name: &str, device_groups: &[&str]) -> PolicySettings {
         PolicySettings {
             users: set(&[OID]),
             device_groups: set(device_groups),
@@ -398,7 +525,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn dm() -> Action {
+    pub fn dm() -> Action {
         action(RouteForm::DeviceManagement, DEV)
     }
 
@@ -409,7 +536,7 @@ pub(crate) mod tests {
         f: FactsOutcome,
     ) -> Result<Candidate, Denial> {
         let screen = ps.operator_screen(op);
-        ps.decide(&screen, a, op, &f)
+        ps.decide(&screen, a, op, &f, &RequestFacts::at(now()))
     }
 
     #[test]
@@ -452,6 +579,7 @@ pub(crate) mod tests {
                 &dm(),
                 &operator(OWNER),
                 &FactsOutcome::Found(facts(&[], "Windows")),
+                &RequestFacts::at(now()),
             )
             .unwrap_err();
         assert_eq!(e.reason, Reason::OperatorNotApproved);
@@ -787,13 +915,16 @@ pub(crate) mod tests {
         let op = operator(OID);
         let f = FactsOutcome::Found(facts(&[], "Windows"));
         let screen = a.operator_screen(&op);
+        let r = RequestFacts::at(now());
         assert_eq!(
-            b.decide(&screen, &dm(), &op, &f).unwrap_err().reason,
+            b.decide(&screen, &dm(), &op, &f, &r).unwrap_err().reason,
             Reason::OperatorNotApproved
         );
         assert!(b.groups_to_check(&screen).is_empty());
-        let e = a.decide(&screen, &dm(), &operator(OWNER), &f).unwrap_err();
+        let e = a
+            .decide(&screen, &dm(), &operator(OWNER), &f, &r)
+            .unwrap_err();
         assert_eq!(e.reason, Reason::OperatorNotApproved);
-        assert!(a.decide(&screen, &dm(), &op, &f).is_ok());
+        assert!(a.decide(&screen, &dm(), &op, &f, &r).is_ok());
     }
 }

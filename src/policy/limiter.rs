@@ -1,7 +1,8 @@
 //! Exact sliding-window rate limiting. "N per W" means at most N admissions in any window of
-//! length W. This module decides which windows a candidate must fit in and turns a store's answer
-//! into a [`Permit`] or a refusal; the check-and-consume itself is a [`WindowStore`]'s (in memory,
-//! or shared on Redis: `crate::state`). Nothing here touches the network or reads the clock.
+//! length W. This module decides which windows a candidate must fit in — its policy's limits and
+//! the caps across policies — and turns a store's answer into a [`Permit`] or a refusal; the
+//! check-and-consume itself is a [`WindowStore`]'s (in memory, or shared on Redis:
+//! `crate::state`). Nothing here touches the network or reads the clock.
 
 use super::decide::{Candidate, Denial};
 use super::{LimitScope, RateInfo};
@@ -36,7 +37,16 @@ impl Permit {
     pub fn policy(&self) -> &str {
         self.candidate.policy()
     }
-    /// The tightest limit after this admission; None when the policy has no limits.
+    /// The operator's `Passgate-Justification`, as accepted by the decision.
+    pub fn justification(&self) -> Option<&str> {
+        self.candidate.justification()
+    }
+    /// Admitted through a `break_glass: true` policy (for the audit record, the counter and any
+    /// notification).
+    pub fn break_glass(&self) -> bool {
+        self.candidate.break_glass()
+    }
+    /// The tightest limit after this admission; None when neither the policy nor the caps set any.
     pub fn rate(&self) -> Option<&RateInfo> {
         self.rate.as_ref()
     }
@@ -54,12 +64,32 @@ pub struct RateLimited {
     pub denial: Denial,
     /// Set when the refusal is `limits_unavailable`: why the store could not answer.
     pub store_error: Option<StoreError>,
+    /// The blocking window is one of the top-level caps, not the policy's own limit.
+    pub cap: bool,
 }
 
+impl RateLimited {
+    /// The `policy` label of `passgate_rate_limited_total`: the policy, or [`CAPS_NAMESPACE`]
+    /// when a cap across policies refused.
+    pub fn metric_policy(&self) -> &str {
+        if self.cap {
+            CAPS_NAMESPACE
+        } else {
+            self.candidate.policy()
+        }
+    }
+}
+
+/// Where the top-level caps' windows are kept, in place of a policy name, and their `policy` label
+/// in metrics. Policy names are letters, digits, '.', '_' and '-' only (`config::load`), so no
+/// policy's windows can ever share it, and renaming or reloading policies never resets the caps.
+pub const CAPS_NAMESPACE: &str = "(caps)";
+
 /// Whose admissions one window counts. Keyed by policy *name*, so state survives a reload for
-/// policies that keep their name.
+/// policies that keep their name; the caps across policies use [`CAPS_NAMESPACE`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct WindowKey {
+    /// The policy name, or [`CAPS_NAMESPACE`].
     pub policy: String,
     pub scope: LimitScope,
     /// The operator's object id or the managed device id (lower case); empty for `global`.
@@ -197,7 +227,8 @@ impl RateLimiter {
         &self.store
     }
 
-    /// Checks and consumes ALL the candidate's limits atomically (all-or-nothing). On refusal the
+    /// Checks and consumes ALL the candidate's limits — its policy's and the caps across policies
+    /// — atomically (all-or-nothing). On refusal the
     /// reason is `RateLimited` and `retry_after` is when the blocking key next has room, rounded
     /// up to whole seconds (at least 1). When the store cannot answer the reason is
     /// `LimitsUnavailable` (fail closed) and nothing may be forwarded.
@@ -218,11 +249,13 @@ impl RateLimiter {
                     policy: Some(candidate.policy().to_string()),
                     retry_after: None,
                     rate: None,
+                    break_glass: candidate.break_glass(),
                 };
                 return Err(Box::new(RateLimited {
                     candidate,
                     denial,
                     store_error: Some(e),
+                    cap: false,
                 }));
             }
         };
@@ -232,33 +265,37 @@ impl RateLimiter {
                 Ok(Permit { candidate, rate })
             }
             WindowVerdict::Blocked(blocks) => {
-                let denial = refusal(&candidate, &specs, &blocks);
+                let (denial, cap) = refusal(&candidate, &specs, &blocks);
                 Err(Box::new(RateLimited {
                     candidate,
                     denial,
                     store_error: None,
+                    cap,
                 }))
             }
         }
     }
 }
 
-/// The windows a candidate must fit in, one per limit of its policy.
+/// The windows a candidate must fit in: one per limit of its policy, then one per cap (under
+/// [`CAPS_NAMESPACE`], so every policy's admissions count against the same caps).
 pub fn windows(candidate: &Candidate) -> Vec<WindowSpec> {
     let policy = candidate.policy();
     let (action, op) = (candidate.action(), candidate.operator());
+    let spec = |namespace: &str, l: &super::Limit| WindowSpec {
+        key: WindowKey {
+            policy: namespace.to_string(),
+            scope: l.scope,
+            subject: subject(l.scope, action, op),
+        },
+        limit: l.count,
+        window: l.window,
+    };
     candidate
         .limits()
         .iter()
-        .map(|l| WindowSpec {
-            key: WindowKey {
-                policy: policy.to_string(),
-                scope: l.scope,
-                subject: subject(l.scope, action, op),
-            },
-            limit: l.count,
-            window: l.window,
-        })
+        .map(|l| spec(policy, l))
+        .chain(candidate.caps().iter().map(|l| spec(CAPS_NAMESPACE, l)))
         .collect()
 }
 
@@ -293,10 +330,12 @@ fn tightest(specs: &[WindowSpec], uses: &[WindowUse]) -> Option<RateInfo> {
 }
 
 /// The refusal for a blocked candidate: every blocking window must have room before a retry can
-/// pass, so the latest is reported.
-fn refusal(candidate: &Candidate, specs: &[WindowSpec], blocks: &[WindowBlock]) -> Denial {
+/// pass, so the latest is reported (on a tie, the first: the policy's own before a cap). Also
+/// whether that window is a cap. The denial names the admitting policy either way; its message
+/// says which limit refused.
+fn refusal(candidate: &Candidate, specs: &[WindowSpec], blocks: &[WindowBlock]) -> (Denial, bool) {
     let policy = candidate.policy().to_string();
-    let mut worst: Option<(Duration, RateInfo)> = None;
+    let mut worst: Option<(Duration, RateInfo, bool)> = None;
     for b in blocks {
         let Some(spec) = specs.get(b.index) else {
             continue;
@@ -309,12 +348,12 @@ fn refusal(candidate: &Candidate, specs: &[WindowSpec], blocks: &[WindowBlock]) 
             window: spec.window,
             scope: spec.key.scope,
         };
-        if worst.as_ref().is_none_or(|(w, _)| wait > *w) {
-            worst = Some((wait, info));
+        if worst.as_ref().is_none_or(|(w, _, _)| wait > *w) {
+            worst = Some((wait, info, spec.key.policy == CAPS_NAMESPACE));
         }
     }
     // A store that blocks names at least one window; if it named none, refuse for the first.
-    let (wait, info) = worst.unwrap_or_else(|| {
+    let (wait, info, cap) = worst.unwrap_or_else(|| {
         let spec = &specs[0];
         let info = RateInfo {
             limit: spec.limit,
@@ -323,25 +362,38 @@ fn refusal(candidate: &Candidate, specs: &[WindowSpec], blocks: &[WindowBlock]) 
             window: spec.window,
             scope: spec.key.scope,
         };
-        (Duration::from_secs(1), info)
+        (
+            Duration::from_secs(1),
+            info,
+            spec.key.policy == CAPS_NAMESPACE,
+        )
     });
-    Denial {
+    let whose = if cap {
+        // Which policy would have admitted it is in the audit record; the operator is told that
+        // no policy can help here.
+        "passgate's limit across all policies (top-level `limits`)".to_string()
+    } else {
+        format!("policy '{policy}'")
+    };
+    let denial = Denial {
         reason: Reason::RateLimited,
         message: format!(
-            "policy '{policy}' allows at most {} {} per {}; retry in {} s",
+            "{whose} allows at most {} {} per {}; retry in {} s",
             info.limit,
             if info.limit == 1 {
                 "request"
             } else {
                 "requests"
             },
-            describe(info.scope, info.window),
+            describe(info.scope, info.window, cap),
             wait.as_secs()
         ),
         policy: Some(policy),
         retry_after: Some(wait),
         rate: Some(info),
-    }
+        break_glass: candidate.break_glass(),
+    };
+    (denial, cap)
 }
 
 fn round_up_secs(d: Duration) -> Duration {
@@ -349,7 +401,7 @@ fn round_up_secs(d: Duration) -> Duration {
     Duration::from_secs(secs.max(1))
 }
 
-fn describe(scope: LimitScope, window: Duration) -> String {
+fn describe(scope: LimitScope, window: Duration, cap: bool) -> String {
     let w = window.as_secs();
     let span = if w.is_multiple_of(86_400) {
         format!("{} d", w / 86_400)
@@ -363,6 +415,7 @@ fn describe(scope: LimitScope, window: Duration) -> String {
     let whom = match scope {
         LimitScope::PerOperator => "operator",
         LimitScope::PerDevice => "device",
+        LimitScope::Global if cap => "passgate (all operators, all policies)",
         LimitScope::Global => "policy (all operators)",
     };
     format!("{whom} per {span}")
@@ -392,12 +445,23 @@ pub(crate) mod tests {
 
     /// A Candidate for `policy_name` with `limits`, obtained the only way there is: decide().
     pub(crate) fn candidate(name: &str, limits: Vec<Limit>, oid: &str, device: &str) -> Candidate {
+        candidate_with_caps(name, limits, vec![], oid, device)
+    }
+
+    /// [`candidate`] from a policy set with top-level `caps`.
+    pub(crate) fn candidate_with_caps(
+        name: &str,
+        limits: Vec<Limit>,
+        caps: Vec<Limit>,
+        oid: &str,
+        device: &str,
+    ) -> Candidate {
         let p = PolicySettings {
             users: [oid.to_string()].into_iter().collect(),
             limits,
             ..policy(name)
         };
-        let ps = PolicySet::new(vec![p]);
+        let ps = PolicySet::new(vec![p]).with_caps(caps);
         let op = operator(oid);
         let a = action(RouteForm::DeviceManagement, device);
         let facts = crate::policy::DeviceFacts {
@@ -414,6 +478,7 @@ pub(crate) mod tests {
             &a,
             &op,
             &FactsOutcome::Found(facts),
+            &crate::policy::RequestFacts::at(crate::policy::decide::tests::now()),
         )
         .unwrap()
     }
@@ -458,6 +523,19 @@ pub(crate) mod tests {
             *now = self.t0 + Duration::from_millis(secs_ms);
             drop(now);
             block_on(self.rl.admit(c, "req")).map_err(|r| r.denial)
+        }
+        /// [`Rig::try_at`] for a policy set with top-level caps; the whole refusal comes back.
+        fn try_capped(
+            &self,
+            ms: u64,
+            name: &str,
+            limits: &[Limit],
+            caps: &[Limit],
+            device: &str,
+        ) -> Result<Permit, Box<RateLimited>> {
+            let c = candidate_with_caps(name, limits.to_vec(), caps.to_vec(), OID, device);
+            *self.now.lock().unwrap() = self.t0 + Duration::from_millis(ms);
+            block_on(self.rl.admit(c, "req"))
         }
     }
 
@@ -707,5 +785,97 @@ pub(crate) mod tests {
             .try_at(30_000, "p", &[lim(LimitScope::Global, 1, 60)], OID, DEV)
             .unwrap_err();
         assert_eq!(d.retry_after, Some(Duration::from_secs(50)));
+    }
+
+    #[test]
+    fn caps_are_one_budget_across_policies() {
+        let rig = Rig::new();
+        let caps = [lim(LimitScope::PerDevice, 1, 60)];
+        let own = [lim(LimitScope::PerDevice, 5, 60)];
+        let p = rig.try_capped(0, "helpdesk", &own, &caps, DEV).unwrap();
+        assert_eq!(p.rate().unwrap().remaining, 0, "the cap is the tightest");
+        // Another policy that would admit the same device on its own budget: the cap refuses.
+        let r = rig
+            .try_capped(1_000, "security", &own, &caps, DEV)
+            .unwrap_err();
+        assert!(r.cap);
+        assert_eq!(r.metric_policy(), CAPS_NAMESPACE);
+        assert_eq!(r.denial.reason, Reason::RateLimited);
+        assert_eq!(r.denial.policy.as_deref(), Some("security"));
+        assert_eq!(r.denial.retry_after, Some(Duration::from_secs(59)));
+        assert!(
+            r.denial.message.contains("across all policies")
+                && r.denial
+                    .message
+                    .contains("at most 1 request per device per 1 min"),
+            "{}",
+            r.denial.message
+        );
+        // A policy with no limits of its own is capped just the same.
+        let r = rig.try_capped(2_000, "free", &[], &caps, DEV).unwrap_err();
+        assert!(r.cap);
+        // Other devices have their own cap window.
+        rig.try_capped(2_000, "security", &own, &caps, OTHER_DEV)
+            .unwrap();
+        // The cap window slides like any other.
+        rig.try_capped(60_000, "security", &own, &caps, DEV)
+            .unwrap();
+    }
+
+    #[test]
+    fn caps_and_policy_limits_are_all_or_nothing() {
+        let rig = Rig::new();
+        let caps = [lim(LimitScope::Global, 2, 60)];
+        let own = [lim(LimitScope::PerDevice, 1, 60)];
+        rig.try_capped(0, "p", &own, &caps, DEV).unwrap();
+        // The policy's own limit blocks: the cap's budget must not be consumed.
+        for _ in 0..3 {
+            let r = rig.try_capped(1_000, "p", &own, &caps, DEV).unwrap_err();
+            assert!(!r.cap, "{}", r.denial.message);
+            assert_eq!(r.metric_policy(), "p");
+            assert!(r.denial.message.starts_with("policy 'p'"));
+        }
+        rig.try_capped(1_000, "p", &own, &caps, OTHER_DEV).unwrap();
+        // Now the cap (2 in all) blocks: the policy's per-device window of this new device must
+        // stay empty, so once the cap has room again the device is admitted at once.
+        let d3 = "44444444-c9c9-40c1-abbd-6997016f4c9e";
+        let r = rig.try_capped(2_000, "p", &own, &caps, d3).unwrap_err();
+        assert!(r.cap);
+        assert!(
+            r.denial
+                .message
+                .contains("per passgate (all operators, all policies)"),
+            "{}",
+            r.denial.message
+        );
+        rig.try_capped(60_000, "p", &own, &caps, d3).unwrap();
+    }
+
+    #[test]
+    fn cap_windows_live_in_their_own_namespace() {
+        let caps = vec![lim(LimitScope::PerDevice, 3, 86_400)];
+        let c = candidate_with_caps(
+            "p",
+            vec![lim(LimitScope::PerOperator, 5, 60)],
+            caps,
+            OID,
+            DEV,
+        );
+        let specs = windows(&c);
+        let keys: Vec<(&str, LimitScope, &str)> = specs
+            .iter()
+            .map(|s| (s.key.policy.as_str(), s.key.scope, s.key.subject.as_str()))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("p", LimitScope::PerOperator, OID),
+                (CAPS_NAMESPACE, LimitScope::PerDevice, DEV)
+            ]
+        );
+        // No valid policy name can collide with the namespace.
+        assert!(CAPS_NAMESPACE
+            .bytes()
+            .any(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))));
     }
 }

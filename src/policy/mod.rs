@@ -2,10 +2,14 @@
 //! Nothing here may touch the network or read the clock: that is what keeps every path testable
 //! and lets the caller prove (via [`Permit`]) that policy *and* limits admitted a request.
 
+pub mod controls;
 pub mod decide;
 pub mod facts;
 pub mod limiter;
 
+pub use controls::{
+    BreakGlass, Justification, JustificationRule, Pattern, RequestFacts, JUSTIFICATION_HEADER,
+};
 pub use decide::{Candidate, Denial, OperatorScreen, PolicySet};
 pub use facts::{DeviceFacts, FactsOutcome};
 pub use limiter::{Permit, RateLimiter};
@@ -33,6 +37,12 @@ pub struct PolicySettings {
     /// Allowed Intune `operatingSystem` values (compared case-insensitively); None = any.
     pub platforms: Option<Vec<String>>,
     pub limits: Vec<Limit>,
+    /// `justification:`; None = no rule (a header, if sent, is still recorded).
+    pub justification: Option<JustificationRule>,
+    /// `allow_own_device: true`: operators may act on devices whose primary user they are.
+    pub allow_own_device: bool,
+    /// `break_glass: true` with its `active_until`.
+    pub break_glass: Option<BreakGlass>,
 }
 
 /// Whose budget a limit counts against.

@@ -5,7 +5,7 @@
 use crate::config::RedisConfig;
 use crate::error::Reason;
 use crate::policy::decide::tests::{DEV, OID};
-use crate::policy::limiter::tests::{candidate, OTHER_DEV, OTHER_OID};
+use crate::policy::limiter::tests::{candidate, candidate_with_caps, OTHER_DEV, OTHER_OID};
 use crate::policy::limiter::{RateLimiter, WindowStore};
 use crate::policy::{Limit, LimitScope};
 use crate::state::memory::MemoryStore;
@@ -41,6 +41,8 @@ enum Step {
     Try {
         policy: &'static str,
         limits: Vec<Limit>,
+        /// Top-level caps of the policy set the candidate comes from.
+        caps: Vec<Limit>,
         oid: &'static str,
         device: &'static str,
         want: Want,
@@ -59,7 +61,26 @@ fn t(
     Step::Try {
         policy,
         limits: limits.to_vec(),
+        caps: Vec::new(),
         oid,
+        device,
+        want,
+    }
+}
+
+/// [`t`] for a policy set with top-level caps.
+fn tc(
+    policy: &'static str,
+    limits: &[Limit],
+    caps: &[Limit],
+    device: &'static str,
+    want: Want,
+) -> Step {
+    Step::Try {
+        policy,
+        limits: limits.to_vec(),
+        caps: caps.to_vec(),
+        oid: OID,
         device,
         want,
     }
@@ -78,6 +99,8 @@ fn cases() -> Vec<(&'static str, Vec<Step>)> {
     let two = [l(PerOperator, 1, 30_000), l(PerDevice, 1, 90_000)];
     let tight = [l(PerOperator, 5, 3_600_000), l(Global, 2, 60_000)];
     let dev1 = [l(PerDevice, 1, 60_000)];
+    let cap_dev2 = [l(PerDevice, 2, 60_000)];
+    let own5 = [l(PerDevice, 5, 60_000)];
     vec![
         (
             "n of n+k are admitted",
@@ -140,6 +163,22 @@ fn cases() -> Vec<(&'static str, Vec<Step>)> {
                 t("b", &dev1, OID, DEV, Admit(0, PerDevice)),
             ],
         ),
+        (
+            "caps are one budget across policies, all or nothing with their limits",
+            vec![
+                tc("a", &own5, &cap_dev2, DEV, Admit(1, PerDevice)),
+                tc("b", &own5, &cap_dev2, DEV, Admit(0, PerDevice)),
+                // A third policy, or one without limits: the cap refuses for the device.
+                tc("c", &own5, &cap_dev2, DEV, Block(PerDevice, 60)),
+                tc("free", &[], &cap_dev2, DEV, Block(PerDevice, 60)),
+                // The policy's own window blocks: the cap's is not consumed for the new device…
+                tc("d", &dev1, &cap_dev2, OTHER_DEV, Admit(0, PerDevice)),
+                tc("d", &dev1, &cap_dev2, OTHER_DEV, Block(PerDevice, 60)),
+                // …so the cap still has exactly one slot left for it, through another policy.
+                tc("e", &own5, &cap_dev2, OTHER_DEV, Admit(0, PerDevice)),
+                tc("f", &own5, &cap_dev2, OTHER_DEV, Block(PerDevice, 60)),
+            ],
+        ),
     ]
 }
 
@@ -151,6 +190,7 @@ async fn run_table(backend: &str, make: &dyn Fn() -> Arc<dyn WindowStore>) {
             let Step::Try {
                 policy,
                 limits,
+                caps,
                 oid,
                 device,
                 want,
@@ -161,7 +201,7 @@ async fn run_table(backend: &str, make: &dyn Fn() -> Arc<dyn WindowStore>) {
                 }
                 continue;
             };
-            let c = candidate(policy, limits, oid, device);
+            let c = candidate_with_caps(policy, limits, caps, oid, device);
             let id = uuid::Uuid::new_v4().to_string();
             let got = limiter.admit(c, &id).await;
             let ctx = format!("[{backend}] {name}, step {i}");
@@ -380,4 +420,33 @@ async fn min_replicas_ack_without_replicas_fails_closed() {
     let e = refused.store_error.expect("store error");
     assert_eq!(e.kind, StoreErrorKind::Replication, "{e}");
     assert!(e.message.contains("0 of the 1 replicas"), "{e}");
+}
+
+/// The caps' windows get keys of their own, under a hash tag no policy name can produce.
+#[tokio::test]
+async fn cap_keys_are_named_apart_from_every_policy() {
+    // Nothing is asked of this address: keys are computed without a connection.
+    let store = RedisStore::build(&redis_config("redis://127.0.0.1:1/0", "pg")).expect("builds");
+    let c = candidate_with_caps(
+        "p",
+        vec![l(LimitScope::PerDevice, 5, 60_000)],
+        vec![
+            l(LimitScope::PerDevice, 3, 86_400_000),
+            l(LimitScope::Global, 100, 86_400_000),
+        ],
+        OID,
+        DEV,
+    );
+    let keys: Vec<String> = crate::policy::limiter::windows(&c)
+        .iter()
+        .map(|s| store.key(s))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            format!("{{pg:p}}:rl:dev:{DEV}"),
+            format!("{{pg:(caps)}}:rl:dev:{DEV}"),
+            "{pg:(caps)}:rl:global".to_string(),
+        ]
+    );
 }

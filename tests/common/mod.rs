@@ -351,3 +351,41 @@ pub fn stderr_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
     });
     lines
 }
+
+/// A one-shot HTTP receiver on loopback: hands each request body to the channel, answers 204.
+pub fn webhook_receiver() -> (String, std::sync::mpsc::Receiver<serde_json::Value>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://{}/hook/secret-token",
+        listener.local_addr().unwrap()
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            let mut reader = std::io::BufReader::new(s.try_clone().unwrap());
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if std::io::BufRead::read_line(&mut reader, &mut line).unwrap_or(0) == 0
+                    || line == "\r\n"
+                {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = std::io::Read::read_exact(&mut reader, &mut body);
+            let _ = std::io::Write::write_all(
+                &mut s,
+                b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n",
+            );
+            if let Ok(v) = serde_json::from_slice(&body) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    (url, rx)
+}
