@@ -307,6 +307,25 @@ pub fn banner(
     s.push_str(&format!(
         "  curl -i -X POST -H \"Authorization: Bearer $(cat {td}/bob.token)\" \\\n    {url}/v1.0/deviceManagement/managedDevices/{allowed}/recoverPasscode\n"
     ));
+    let exec = dev_id("exec-phone");
+    let api = format!("{url}/passgate/v1/approvals");
+    s.push_str(
+        "\nTwo-person approval — alice on exec-phone (Executive Devices) needs carol's approval:\n",
+    );
+    s.push_str(&format!(
+        "  curl -i -X POST -H \"Authorization: Bearer $(cat {td}/alice.token)\" \\\n    {url}/v1.0/deviceManagement/managedDevices/{exec}/recoverPasscode\n"
+    ));
+    s.push_str("  # 403 approval_required; the request's id is in the Passgate-Approval-Id header. Then carol:\n");
+    s.push_str(&format!(
+        "  curl -s -H \"Authorization: Bearer $(cat {td}/carol.token)\" '{api}?state=pending'\n"
+    ));
+    s.push_str(&format!(
+        "  curl -s -X POST -H \"Authorization: Bearer $(cat {td}/carol.token)\" -H 'Content-Type: application/json' \\\n    -d '{{\"comment\":\"verified by phone\"}}' {api}/<approval id>/approve\n"
+    ));
+    s.push_str(&format!(
+        "  # or: passgate approvals list --gateway {url} --token-file {td}/carol.token\n"
+    ));
+    s.push_str("  # then alice's same call again: 204, once.\n");
     s.push_str("\nVerify the audit chain:  passgate audit verify ");
     s.push_str(&env.audit_log.display().to_string());
     s.push_str("\nCtrl-C stops.");

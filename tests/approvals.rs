@@ -16,7 +16,7 @@ fn approval_config(hook: &std::path::Path) -> String {
     DEV_CONFIG.replacen(
         "      global: \"200 per 1h\"\n",
         &format!(
-            "      global: \"200 per 1h\"\n    approval:\n      approvers:\n        users: [\"{ALICE}\", \"{BOB}\"]\n      valid_for: 30m\n      pending_for: 1h\n      notify:\n        webhook: \"file:{}\"\n",
+            "      global: \"200 per 1h\"\n    approval:\n      approvers:\n        users: [\"{ALICE}\", \"{BOB}\"]\n        app_roles: [\"Passcode.Approve\"]\n      valid_for: 30m\n      pending_for: 1h\n      notify:\n        webhook: \"file:{}\"\n",
             hook.display()
         ),
         1,
@@ -391,4 +391,84 @@ async fn unanswered_and_unused_approvals_expire_and_say_so_once() {
             "expired expired"
         ]
     );
+}
+
+#[tokio::test]
+async fn the_sandbox_round_trip_works_as_passgate_dev_prints_it() {
+    let env = start().await;
+    let url = action_url(&env, "exec-phone");
+    let alice = vec![bearer(&token(&env, "alice"))];
+    let carol = vec![bearer(&token(&env, "carol"))];
+    let opened = send("POST", &url, &alice, b"").await;
+    assert_eq!(opened.code(), "approval_required", "{:?}", opened.json());
+    let id = opened.header("passgate-approval-id").unwrap();
+    let pending = send("GET", &api(&env, "?state=pending"), &carol, b"").await;
+    assert_eq!(pending.json()["value"][0]["id"], id.as_str());
+    assert_eq!(pending.json()["value"][0]["platform"], "Windows Phone");
+    let ok = send(
+        "POST",
+        &api(&env, &format!("/{id}/approve")),
+        &carol,
+        br#"{"comment":"verified by phone"}"#,
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{:?}", ok.json());
+    assert_eq!(send("POST", &url, &alice, b"").await.status, 204);
+    // The kiosk phone's policy asks for no approval: unchanged.
+    assert_eq!(
+        send("POST", &action_url(&env, "kiosk-phone"), &alice, b"")
+            .await
+            .status,
+        204
+    );
+    verify_audit(&env);
+    let banner = passgate::dev::banner(&env, std::path::Path::new("/tmp/tokens"), None);
+    assert!(
+        banner.contains("/passgate/v1/approvals") && banner.contains("carol.token"),
+        "{banner}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_approvers_at_once_and_one_decision_stands() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = dir.path().join("webhook-url");
+    std::fs::write(&hook, "http://127.0.0.1:9/unused").unwrap();
+    let env = start_with(Some(approval_config(&hook))).await;
+    let url = action_url(&env, "kiosk-phone");
+    let alice = vec![bearer(&token(&env, "alice"))];
+    // Three rounds: the policy admits three per device in ten minutes.
+    for round in 0..3 {
+        let opened = send("POST", &url, &alice, b"").await;
+        assert_eq!(opened.code(), "approval_required", "round {round}");
+        let id = opened.header("passgate-approval-id").unwrap();
+        let (approve, deny) = (
+            api(&env, &format!("/{id}/approve")),
+            api(&env, &format!("/{id}/deny")),
+        );
+        let (bob, carol) = (
+            [bearer(&token(&env, "bob"))],
+            [bearer(&token(&env, "carol"))],
+        );
+        let (b, c) = tokio::join!(
+            send("POST", &approve, &bob, b""),
+            send("POST", &deny, &carol, b""),
+        );
+        let mut statuses = [b.status, c.status];
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [200, 409],
+            "round {round}: exactly one decision stands"
+        );
+        let loser = if b.status == 409 { &b } else { &c };
+        assert_eq!(loser.code(), "approval_not_pending");
+        let next = send("POST", &url, &alice, b"").await;
+        if b.status == 200 {
+            assert_eq!(next.status, 204, "round {round}: approved");
+        } else {
+            assert_eq!(next.code(), "approval_denied", "round {round}: denied");
+        }
+    }
+    verify_audit(&env);
 }

@@ -654,8 +654,9 @@ async fn a_gateway_an_hour_ahead_cannot_admit_extra_requests() {
     assert_eq!(sb.recover_passcode_calls().len(), 2);
 }
 
-/// Two replicas share approval requests through Redis: a request opened on one is approved
-/// through the other's API, and of ten concurrent repeats across both exactly one is forwarded.
+/// Three replicas share approval requests through Redis: a request opened on the first is
+/// approved through the second's API and used on the third; and of ten concurrent repeats across
+/// all three with one approval, exactly one is forwarded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn approvals_are_shared_and_used_once_across_replicas() {
     if !test_support::available() {
@@ -665,7 +666,7 @@ async fn approvals_are_shared_and_used_once_across_replicas() {
     let sb = sandbox().await;
     let bob = sb.tenant().operator("bob").expect("bob").oid.clone();
     let approval = format!("    approval:\n      approvers:\n        users: [\"{bob}\"]\n");
-    let gws: Vec<Gw> = (0..2)
+    let gws: Vec<Gw> = (0..3)
         .map(|_| {
             Gw::start(
                 &sb,
@@ -700,15 +701,34 @@ async fn approvals_are_shared_and_used_once_across_replicas() {
     )
     .await;
     assert_eq!(approved.status, 200, "{:?}", approved.json());
+    let used = call(&urls[2], &alice).await;
+    assert_eq!(
+        used.status,
+        204,
+        "used on the third replica: {:?}",
+        used.json()
+    );
+    // A second approval, then ten concurrent repeats across the three replicas.
+    let again = call(&urls[0], &alice).await;
+    assert_eq!(again.code(), "approval_required");
+    let id = again.header("passgate-approval-id").unwrap();
+    let approved = send(
+        "POST",
+        &format!("{}/passgate/v1/approvals/{id}/approve", gws[1].gateway),
+        &[bearer(&bob_token)],
+        b"",
+    )
+    .await;
+    assert_eq!(approved.status, 200);
     let rs = burst(&urls, &alice, 10).await;
     let t = tally(&rs);
-    eprintln!("10 repeats over 2 replicas with one approval: {t:?}");
+    eprintln!("10 repeats over 3 replicas with one approval: {t:?}");
     assert_eq!(
         t.get(&(204, String::new())),
         Some(&1),
         "one approval, one use: {t:?}"
     );
-    assert_eq!(sb.recover_passcode_calls().len(), 1);
+    assert_eq!(sb.recover_passcode_calls().len(), 2);
     let consumed: usize = gws
         .iter()
         .map(|g| {
@@ -718,5 +738,9 @@ async fn approvals_are_shared_and_used_once_across_replicas() {
                 .count()
         })
         .sum();
-    assert_eq!(consumed, 1);
+    assert_eq!(consumed, 2);
+    for g in &gws {
+        passgate::audit::verify_file(&g.dir.path().join("audit.jsonl"))
+            .expect("each replica's chain verifies");
+    }
 }

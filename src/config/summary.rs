@@ -149,11 +149,42 @@ fn write_summary(o: &mut String, s: &Settings) -> std::fmt::Result {
     writeln!(o, "policies      {} (first match wins)", s.policies.len())?;
     for (i, p) in s.policies.iter().enumerate() {
         write_policy(o, i + 1, p)?;
+        if let Some(a) = s.approvals.get(&p.name) {
+            write_approval(o, a)?;
+        }
     }
     for w in super::warnings::warnings(s) {
         writeln!(o, "WARNING       {w}")?;
     }
     Ok(())
+}
+
+/// The `approval:` line of a policy: who approves, for how long; the webhook by reference only.
+fn write_approval(o: &mut String, a: &crate::approval::ApprovalRule) -> std::fmt::Result {
+    let mut who = Vec::new();
+    let r = &a.approvers;
+    if !r.users.is_empty() {
+        who.push(format!("{} user(s)", r.users.len()));
+    }
+    if !r.groups.is_empty() {
+        who.push(format!("{} group(s)", r.groups.len()));
+    }
+    if !r.app_roles.is_empty() {
+        let roles: Vec<&str> = r.app_roles.iter().map(String::as_str).collect();
+        who.push(format!("app roles {}", roles.join(", ")));
+    }
+    let show = super::load::show_duration;
+    writeln!(
+        o,
+        "     approval: a second person must approve each use — approvers {}; approval valid {}, request waits {}{}",
+        who.join(", "),
+        show(a.valid_for),
+        show(a.pending_for),
+        match &a.webhook {
+            Some(w) => format!("; webhook {w:?}"),
+            None => String::new(),
+        }
+    )
 }
 
 fn write_policy(o: &mut String, n: usize, p: &PolicySettings) -> std::fmt::Result {

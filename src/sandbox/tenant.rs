@@ -94,6 +94,9 @@ const GROUP_HELPDESK: &str = "f3d0263f-adae-4f31-84f1-5b45713ed0b7";
 const GROUP_KIOSK: &str = "e6867e18-cfe7-4693-bec9-262eb70c4b84";
 const GROUP_KIOSK_LOBBY: &str = "32be6dbf-a502-41c5-9356-4b224cceef65";
 const GROUP_FINANCE: &str = "67389342-3cee-4f7f-aa31-3945cebaa52c";
+const GROUP_EXECUTIVE: &str = "c1a7e2d4-5b8f-4e39-9a0c-2f6d8b4e1a73";
+/// The app role of the sandbox's approver (carol) for the executive-phones policy.
+pub const APPROVER_APP_ROLE: &str = "Passcode.Approve";
 const AU_LOBBY: &str = "39d5adfb-223d-4843-aa1e-76ce72e6de42";
 const OPERATOR_CLI_APP: &str = "9791d56b-8586-4c2f-8fd8-25ab3e7d7230";
 
@@ -108,6 +111,7 @@ impl SampleTenant {
             group("Kiosk Devices", GROUP_KIOSK, &[GROUP_KIOSK_LOBBY]),
             group("Kiosk Devices - Lobby", GROUP_KIOSK_LOBBY, &[]),
             group("Finance Devices", GROUP_FINANCE, &[]),
+            group("Executive Devices", GROUP_EXECUTIVE, &[]),
         ];
         let operators = vec![
             SampleOperator {
@@ -129,6 +133,16 @@ impl SampleTenant {
                 kind: OperatorKind::User,
                 client_app_id: s(OPERATOR_CLI_APP),
                 display_name: s("Bob Visitor"),
+            },
+            SampleOperator {
+                name: s("carol"),
+                upn: s("carol@contoso.onmicrosoft.com"),
+                oid: s("75c6f9a5-d85b-412a-a1aa-40234b127067"),
+                groups: vec![],
+                roles: vec![s(APPROVER_APP_ROLE)],
+                kind: OperatorKind::User,
+                client_app_id: s(OPERATOR_CLI_APP),
+                display_name: s("Carol Approver"),
             },
             SampleOperator {
                 name: s("automation"),
@@ -179,6 +193,19 @@ impl SampleTenant {
                 os_version: s("17.5.1"),
                 device_name: s("Lobby iPad"),
                 groups: vec![s(GROUP_KIOSK)],
+                admin_units: vec![],
+            },
+            SampleDevice {
+                name: s("exec-phone"),
+                managed_device_id: s("d3f1b6a2-7c4e-4b9a-8e21-5a6c0f9d3b18"),
+                azure_ad_device_id: s("5e2a9c7b-1d4f-4a8e-b3c6-9f0e2d7a4b51"),
+                device_object_id: Some(s("8b4d1f6e-3a2c-4e7b-9d05-1c8f6a2e3b94")),
+                user_id: s("0f6c3e8a-2b7d-4f19-a5e4-7d3b9c1a6e02"),
+                user_principal_name: s("erin.exec@contoso.onmicrosoft.com"),
+                operating_system: s("Windows Phone"),
+                os_version: s("10.0.15254.603"),
+                device_name: s("EXEC-WP-01"),
+                groups: vec![s(GROUP_EXECUTIVE)],
                 admin_units: vec![],
             },
             SampleDevice {
