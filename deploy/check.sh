@@ -191,12 +191,20 @@ fi
 step "passgate check on the Kubernetes config"
 bin=${PASSGATE_BIN:-}
 if [ -z "$bin" ]; then
-  for b in target/release/passgate target/debug/passgate; do [ -x "$b" ] && bin=$b && break; done
+  # The newer of the release and debug builds (a stale one may lack newer commands).
+  bin=$(ls -t target/release/passgate target/debug/passgate 2>/dev/null | head -n 1)
 fi
 if [ -n "$bin" ] && [ -s "$tmp/configmap-passgate.yaml" ]; then
   run "passgate check --config <configmap passgate.yaml> ($bin)" "$bin" check --config "$tmp/configmap-passgate.yaml"
 else
   skip "no passgate binary (cargo build, or set PASSGATE_BIN): configmap.yaml not checked by passgate itself"
+fi
+
+step "passgate policy test on the sandbox policies"
+if [ -n "$bin" ]; then
+  run "passgate policy test --config config/dev.yaml config/policy-tests.yaml" "$bin" policy test --config config/dev.yaml config/policy-tests.yaml
+else
+  skip "no passgate binary: config/policy-tests.yaml not run"
 fi
 
 echo

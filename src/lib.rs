@@ -17,6 +17,7 @@ pub mod graph;
 pub mod lifecycle;
 pub mod outbound;
 pub mod policy;
+pub mod policy_tools;
 pub mod routes;
 pub mod runtime;
 

@@ -54,6 +54,11 @@ enum Command {
         #[command(subcommand)]
         command: passgate::approval::cli::ApprovalsCommand,
     },
+    /// Policy as code: test cases run through the gateway's own decision (no network).
+    Policy {
+        #[command(subcommand)]
+        command: passgate::policy_tools::PolicyCommand,
+    },
     /// Audit trail tools.
     Audit {
         #[command(subcommand)]
@@ -92,6 +97,7 @@ async fn main() -> ExitCode {
         }
         Command::Audit { command } => passgate::audit::cli::run(command),
         Command::Approvals { command } => passgate::approval::cli::run(command).await,
+        Command::Policy { command } => passgate::policy_tools::run(command).await,
     }
 }
 

@@ -249,3 +249,67 @@ fn check_strict_fails_on_warnings() {
     let strict = run(true);
     assert!(!strict.status.success(), "--strict must fail on a warning");
 }
+
+/// `passgate policy test`: the shipped cases pass against the sandbox config; a wrong
+/// expectation fails with exit 1 and says what was expected and got; JUnit output for CI.
+#[test]
+fn policy_test_runs_cases_and_fails_on_a_wrong_expectation() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let config = format!("{root}/config/dev.yaml");
+    let cases = format!("{root}/config/policy-tests.yaml");
+    let out = std::process::Command::new(BIN)
+        .args(["policy", "test", "--config", &config, &cases])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.ends_with("9 passed, 0 failed\n"), "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = dir.path().join("wrong.yaml");
+    let original = std::fs::read_to_string(&cases).unwrap();
+    // bob is in no policy: expecting an allow must fail.
+    let flipped = original.replacen(
+        "expect: { decision: deny, reason: operator_not_approved }",
+        "expect: { decision: allow }",
+        1,
+    );
+    assert_ne!(flipped, original);
+    std::fs::write(&wrong, flipped).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["policy", "test", "--config", &config])
+        .arg(&wrong)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("FAIL  bob is in no policy: expected allow, got deny operator_not_approved"),
+        "{text}"
+    );
+    assert!(text.ends_with("8 passed, 1 failed\n"), "{text}");
+
+    let out = std::process::Command::new(BIN)
+        .args(["policy", "test", "--format", "junit", "--config", &config])
+        .arg(&wrong)
+        .output()
+        .unwrap();
+    let xml = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(xml.starts_with("<?xml"), "{xml}");
+    assert!(xml.contains("tests=\"9\" failures=\"1\""), "{xml}");
+    assert_eq!(xml.matches("<failure ").count(), 1);
+
+    // A case file that does not parse is a usage error (2), naming the file.
+    std::fs::write(&wrong, "cases:\n  - name: x\n    bogus: 1\n").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["policy", "test", "--config", &config])
+        .arg(&wrong)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong.yaml"));
+}
