@@ -265,6 +265,7 @@ fn decision_record(i: u64) -> DecisionRecord {
         message: None,
         abandoned: None,
         approval_id: None,
+        report: Vec::new(),
         justification: None,
         break_glass: false,
     }

@@ -202,9 +202,9 @@ fi
 
 step "passgate policy test on the sandbox policies"
 if [ -n "$bin" ]; then
-  run "passgate policy test --config config/dev.yaml config/policy-tests.yaml" "$bin" policy test --config config/dev.yaml config/policy-tests.yaml
+  run "passgate policy test --config config/dev.yaml config/policy-tests/sandbox.yaml" "$bin" policy test --config config/dev.yaml config/policy-tests/sandbox.yaml
 else
-  skip "no passgate binary: config/policy-tests.yaml not run"
+  skip "no passgate binary: config/policy-tests/sandbox.yaml not run"
 fi
 
 echo

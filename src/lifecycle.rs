@@ -112,6 +112,9 @@ pub struct Inbound {
     pub method: String,
     /// The target path, query redacted, truncated to 2 KiB.
     pub path: String,
+    /// What the `mode: report` policies would have decided, once the decision step ran (set at
+    /// most once; recorded with the request's decision, never used to decide).
+    pub report: std::sync::OnceLock<Vec<crate::policy::ReportVerdict>>,
 }
 
 /// What a request had established when it was refused; each field is set by the step that

@@ -133,6 +133,7 @@ fn request_filter(parts: &http::request::Parts, conn: ConnInfo) -> Inbound {
         conn,
         method: crate::text::truncated(parts.method.as_str(), 16).to_string(),
         path: crate::text::truncated(&audit_path(target), crate::audit::MAX_PATH_BYTES).to_string(),
+        report: std::sync::OnceLock::new(),
     }
 }
 
@@ -291,7 +292,9 @@ impl Gateway {
             .await?;
         let assessed = self.gather_facts(inbound, authenticated).await?;
         let candidate = self
-            .timed(Stage::Decide, async { self.decide(assessed, headers) })
+            .timed(Stage::Decide, async {
+                self.decide(inbound, assessed, headers)
+            })
             .await?;
         let screened = self.screen_approval(inbound, &candidate).await;
         let screened = match screened {
@@ -355,12 +358,21 @@ impl Gateway {
         let Authenticated { action, operator } = who;
         let screen = self.policies.operator_screen(&operator);
         if let Some(denial) = screen.denial() {
-            return Err(Refusal::denied(
-                denial,
-                Known::authenticated(action, operator),
-            ));
+            // A report-mode policy naming this operator is still evaluated (on the facts), so a
+            // trial policy shows whom it would admit; the enforced decision stays this denial.
+            if !self.policies.report_names(&operator) {
+                return Err(Refusal::denied(
+                    denial,
+                    Known::authenticated(action, operator),
+                ));
+            }
         }
-        let groups = self.policies.groups_to_check(&screen);
+        let mut groups = self.policies.groups_to_check(&screen);
+        for g in self.policies.report_groups(&operator) {
+            if !groups.contains(&g) {
+                groups.push(g);
+            }
+        }
         let lookup = self
             .facts
             .facts_for(&operator.oid, &action.managed_device_id, &groups);
@@ -407,7 +419,12 @@ impl Gateway {
 
     /// decide: the pure policy decision on the gathered facts, the justification header and
     /// the time (read here, so the decision itself reads neither headers nor the clock).
-    fn decide(&self, a: Assessed, headers: &HeaderMap) -> Result<Candidate, Box<Refusal>> {
+    fn decide(
+        &self,
+        inbound: &Inbound,
+        a: Assessed,
+        headers: &HeaderMap,
+    ) -> Result<Candidate, Box<Refusal>> {
         let justification = Justification::from_values(
             headers
                 .get_all(JUSTIFICATION_HEADER)
@@ -418,6 +435,16 @@ impl Gateway {
             justification,
             now: chrono::Utc::now(),
         };
+        let report = self
+            .policies
+            .report(&a.action, &a.operator, &a.facts, &request);
+        for v in &report {
+            self.metrics
+                .report_decisions
+                .with_label_values(&[v.policy.as_str(), v.decision, v.reason])
+                .inc();
+        }
+        let _ = inbound.report.set(report);
         self.policies
             .decide(&a.screen, &a.action, &a.operator, &a.facts, &request)
             .map_err(|denial| {

@@ -696,7 +696,9 @@ pub async fn build_gateway(settings: &Settings, shared: &Shared) -> Result<Gatew
     );
     Ok(Gateway {
         auth,
-        policies: PolicySet::new(settings.policies.clone()).with_caps(settings.caps.clone()),
+        policies: PolicySet::new(settings.policies.clone())
+            .with_caps(settings.caps.clone())
+            .with_report(settings.report_policies.clone()),
         limiter: shared.limiter.clone(),
         facts,
         forwarder,

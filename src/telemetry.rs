@@ -56,6 +56,8 @@ pub struct Metrics {
     pub audit_free_bytes: IntGauge,
     /// `audit.min_free_bytes` in force; `/readyz` fails below it.
     pub audit_min_free_bytes: IntGauge,
+    /// What `mode: report` policies would have decided, by policy, decision and reason.
+    pub report_decisions: IntCounterVec,
     /// Two-person approval events: requested, approved, denied, expired, consumed, refused.
     pub approval_events: IntCounterVec,
     /// Webhook deliveries of new approval requests, by result.
@@ -282,6 +284,12 @@ impl Metrics {
             "passgate_audit_min_free_bytes",
             "audit.min_free_bytes in force (0: no floor); /readyz fails while free space is below it.",
         );
+        let report_decisions = counter(
+            &r,
+            "passgate_report_policy_decisions_total",
+            "What mode: report policies would have decided (they never admit), by policy, decision (allow, deny) and reason.",
+            &["policy", "decision", "reason"],
+        );
         let approval_events = counter(
             &r,
             "passgate_approval_events_total",
@@ -334,6 +342,7 @@ impl Metrics {
             audit_min_free_bytes,
             approval_events,
             approval_notifications,
+            report_decisions,
             break_glass,
         }
     }

@@ -472,3 +472,50 @@ async fn two_approvers_at_once_and_one_decision_stands() {
     }
     verify_audit(&env);
 }
+
+/// `mode: report`: a trial policy is evaluated and recorded on every request but never admits.
+#[tokio::test]
+async fn a_report_mode_policy_is_recorded_and_never_admits() {
+    let config = DEV_CONFIG.replacen(
+        "\npolicies:\n",
+        &format!(
+            "\npolicies:\n  - name: trial-bob-kiosks\n    mode: report\n    operators:\n      users: [\"{BOB}\"]\n    devices:\n      groups: [\"e6867e18-cfe7-4693-bec9-262eb70c4b84\"]\n      platforms: [\"Windows Phone\"]\n"
+        ),
+        1,
+    );
+    let env = start_with(Some(config)).await;
+    let url = action_url(&env, "kiosk-phone");
+    let bob = send("POST", &url, &[bearer(&token(&env, "bob"))], b"").await;
+    assert_eq!(
+        (bob.status, bob.code().as_str()),
+        (403, "operator_not_approved")
+    );
+    no_calls(&env);
+    let alice = send("POST", &url, &[bearer(&token(&env, "alice"))], b"").await;
+    assert_eq!(alice.status, 204);
+    let d = decision_records(&env);
+    assert_eq!(
+        d[0]["report"],
+        serde_json::json!([{"policy": "trial-bob-kiosks", "decision": "allow", "reason": "allowed"}]),
+        "bob: the trial policy would have admitted him"
+    );
+    assert_eq!(d[0]["decision"], "deny");
+    assert_eq!(
+        d[1]["report"],
+        serde_json::json!([{"policy": "trial-bob-kiosks", "decision": "deny", "reason": "operator_not_approved"}])
+    );
+    assert_eq!(
+        d[1]["policy"], "helpdesk-kiosk-phones",
+        "the enforced policy admitted alice"
+    );
+    let m = scrape(&env).await;
+    assert_eq!(
+        metric_value(
+            &m,
+            "passgate_report_policy_decisions_total",
+            &["policy=\"trial-bob-kiosks\"", "decision=\"allow\""]
+        ),
+        1.0
+    );
+    verify_audit(&env);
+}

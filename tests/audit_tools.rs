@@ -60,6 +60,7 @@ fn decision(id: &str, upn: &str, device: &str, decision: Decision, reason: &str)
         message: deny.then(|| "refused, see reason".to_owned()),
         abandoned: None,
         approval_id: None,
+        report: Vec::new(),
         justification: None,
         break_glass: false,
     }

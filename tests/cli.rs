@@ -256,7 +256,7 @@ fn check_strict_fails_on_warnings() {
 fn policy_test_runs_cases_and_fails_on_a_wrong_expectation() {
     let root = env!("CARGO_MANIFEST_DIR");
     let config = format!("{root}/config/dev.yaml");
-    let cases = format!("{root}/config/policy-tests.yaml");
+    let cases = format!("{root}/config/policy-tests/sandbox.yaml");
     let out = std::process::Command::new(BIN)
         .args(["policy", "test", "--config", &config, &cases])
         .output()

@@ -249,6 +249,19 @@ fn decision_record(
         message,
         abandoned: None,
         approval_id: None,
+        report: inbound
+            .report
+            .get()
+            .map(|v| {
+                v.iter()
+                    .map(|r| super::record::ReportRecord {
+                        policy: r.policy.clone(),
+                        decision: r.decision.to_string(),
+                        reason: r.reason.to_string(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
         // Bounded where it is read (policy::controls); bounded again here, on a character
         // boundary, so no path can put more into a record.
         justification: about.justification.map(|j| {

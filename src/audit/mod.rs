@@ -80,7 +80,8 @@ pub use options::{
 };
 pub use record::{
     AbandonedDecision, ApprovalPerson, ApprovalRecord, Decision, DecisionRecord, DeviceRecord,
-    OperatorRecord, OutcomeRecord, RecoveryRecord, TargetRecord, ThrottledRecord, MAX_PATH_BYTES,
+    OperatorRecord, OutcomeRecord, RecoveryRecord, ReportRecord, TargetRecord, ThrottledRecord,
+    MAX_PATH_BYTES,
 };
 pub use rotation::{rotated_files, rotation_set};
 pub use search::{search, Format, Hit, SearchError, SearchFilter, SearchResult};

@@ -64,6 +64,10 @@ pub struct DecisionRecord {
     pub decision: Decision,
     pub reason: String,
     pub policy: Option<String>,
+    /// What the `mode: report` policies would have decided (absent when none is configured or
+    /// the request was refused before the decision).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub report: Vec<ReportRecord>,
     /// The two-person approval an allow used (policies with `approval:`); absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval_id: Option<String>,
@@ -134,6 +138,16 @@ pub struct RecoveryRecord {
     pub cut_sha256: String,
     /// File name (same directory as the log) the cut bytes were copied to.
     pub side_file: String,
+}
+
+/// A report-mode policy's verdict on one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportRecord {
+    pub policy: String,
+    /// `allow` or `deny`.
+    pub decision: String,
+    /// `allowed` or the reason code it would have refused with.
+    pub reason: String,
 }
 
 /// Someone named in an approval record.

@@ -47,6 +47,7 @@ fn decision(id: &str) -> DecisionRecord {
         message: None,
         abandoned: None,
         approval_id: None,
+        report: Vec::new(),
         justification: None,
         break_glass: false,
     }

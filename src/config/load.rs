@@ -300,7 +300,7 @@ impl Validator<'_> {
             return Err(self.err(&root.key("graph").key("facts_cache_ttl_seconds"), true, format!("{} s is more than the {MAX_FACTS_CACHE_TTL_SECONDS} s allowed", raw.graph.facts_cache_ttl_seconds), "a device removed from its group stays recoverable for this long; the default is 300"));
         }
 
-        let policies = self.policies(&raw.policies)?;
+        let (policies, report_policies) = self.policies(&raw.policies)?;
         let approvals = self.approvals(&raw.policies)?;
         if let Some(SecretRef::Inline(_)) = raw.notify.as_ref().map(|n| &n.webhook) {
             return Err(self.err(
@@ -343,6 +343,7 @@ impl Validator<'_> {
             graph: raw.graph.clone(),
             audit: raw.audit.clone(),
             policies,
+            report_policies,
             approvals,
             caps,
             state,
@@ -569,7 +570,9 @@ impl Validator<'_> {
         })
     }
 
-    fn policies(&self, raw: &[PolicyConfig]) -> R<Vec<PolicySettings>> {
+    /// The enforced policies and the `mode: report` ones, each in config order.
+    #[allow(clippy::type_complexity)]
+    fn policies(&self, raw: &[PolicyConfig]) -> R<(Vec<PolicySettings>, Vec<PolicySettings>)> {
         let pp = KeyPath::root().key("policies");
         if raw.is_empty() {
             return Err(self.err(
@@ -581,6 +584,7 @@ impl Validator<'_> {
         }
         let mut seen: HashMap<String, usize> = HashMap::new();
         let mut out = Vec::new();
+        let mut report = Vec::new();
         for (i, p) in raw.iter().enumerate() {
             let path = pp.index(i);
             let np = path.key("name");
@@ -605,9 +609,17 @@ impl Validator<'_> {
                     "policy names must be unique: they key the rate limits and the audit trail",
                 ));
             }
-            out.push(self.policy(&path, name, p)?);
+            let compiled = self.policy(&path, name, p)?;
+            if p.mode == super::schema::PolicyMode::Report {
+                if p.approval.is_some() {
+                    return Err(self.err(&path.key("mode"), true, format!("report-mode policy `{name}` has an `approval:` block"), "a report-mode policy never admits, so nobody could approve anything under it; remove `approval:` or `mode: report`"));
+                }
+                report.push(compiled);
+                continue;
+            }
+            out.push(compiled);
         }
-        Ok(out)
+        Ok((out, report))
     }
 
     fn policy(&self, path: &KeyPath, name: &str, p: &PolicyConfig) -> R<PolicySettings> {

@@ -469,6 +469,10 @@ pub struct PolicyConfig {
     /// Two-person approval: a second person must approve each use (see docs/policies.md).
     #[serde(default)]
     pub approval: Option<ApprovalConfig>,
+    /// `enforce` (default) or `report`: a report-mode policy is evaluated on every request and
+    /// its verdict recorded, but it never admits anything (trial a policy in production).
+    #[serde(default)]
+    pub mode: PolicyMode,
     /// A statement the operator gives in the `Passgate-Justification` header.
     #[serde(default)]
     pub justification: Option<JustificationConfig>,
@@ -494,6 +498,15 @@ pub struct JustificationConfig {
     /// Regular expression the whole header value must match when sent.
     #[serde(default)]
     pub pattern: Option<String>,
+}
+
+/// Whether a policy admits requests or only reports what it would have decided.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyMode {
+    #[default]
+    Enforce,
+    Report,
 }
 
 /// `approval:` of a policy.

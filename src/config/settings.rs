@@ -29,6 +29,8 @@ pub struct Settings {
     pub state: Option<super::schema::RedisConfig>,
     /// In config order: the first policy that admits a request is the one recorded.
     pub policies: Vec<PolicySettings>,
+    /// `mode: report` policies, in config order: evaluated and recorded, never admitting.
+    pub report_policies: Vec<PolicySettings>,
     /// Approval rules by policy name (policies without `approval:` have none).
     pub approvals: std::collections::BTreeMap<String, crate::approval::ApprovalRule>,
     /// Top-level `limits:`: caps charged on every admission, whichever policy admits.

@@ -153,6 +153,16 @@ fn write_summary(o: &mut String, s: &Settings) -> std::fmt::Result {
             write_approval(o, a)?;
         }
     }
+    if !s.report_policies.is_empty() {
+        writeln!(
+            o,
+            "report-only   {} (mode: report — evaluated and recorded, never admitting)",
+            s.report_policies.len()
+        )?;
+        for (i, p) in s.report_policies.iter().enumerate() {
+            write_policy(o, i + 1, p)?;
+        }
+    }
     for w in super::warnings::warnings(s) {
         writeln!(o, "WARNING       {w}")?;
     }

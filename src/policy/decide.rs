@@ -137,6 +137,19 @@ pub struct PolicySet {
     id: u64,
     policies: Vec<PolicySettings>,
     caps: Vec<Limit>,
+    /// `mode: report` policies, each as a set of its own: decided by the same code, never
+    /// admitting.
+    report: Vec<PolicySet>,
+}
+
+/// What a report-mode policy would have decided for one request.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReportVerdict {
+    pub policy: String,
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// `allowed`, or the refusal's reason code.
+    pub reason: &'static str,
 }
 
 /// How far a policy got before failing; the furthest failure is the one reported. The device
@@ -158,7 +171,62 @@ impl PolicySet {
             id: NEXT_SET_ID.fetch_add(1, Ordering::Relaxed),
             policies,
             caps: Vec::new(),
+            report: Vec::new(),
         }
+    }
+
+    /// The same set with `mode: report` policies: evaluated by [`PolicySet::report`] on every
+    /// request, never admitting one.
+    pub fn with_report(mut self, policies: Vec<PolicySettings>) -> PolicySet {
+        self.report = policies
+            .into_iter()
+            .map(|p| PolicySet::new(vec![p]))
+            .collect();
+        self
+    }
+
+    /// Whether some report-mode policy names this operator (then the device facts are read even
+    /// when no enforced policy does, so the report policy can be evaluated).
+    pub fn report_names(&self, op: &Operator) -> bool {
+        self.report
+            .iter()
+            .any(|s| !s.operator_screen(op).is_empty())
+    }
+
+    /// Device groups the report-mode policies naming this operator need checked.
+    pub fn report_groups(&self, op: &Operator) -> Vec<String> {
+        let mut out: BTreeSet<String> = BTreeSet::new();
+        for s in &self.report {
+            out.extend(s.groups_to_check(&s.operator_screen(op)));
+        }
+        out.into_iter().collect()
+    }
+
+    /// What each report-mode policy would have decided (limits and approval aside: a report
+    /// policy charges nothing and opens no approval request). Pure, like `decide`.
+    pub fn report(
+        &self,
+        action: &Action,
+        op: &Operator,
+        facts: &FactsOutcome,
+        request: &RequestFacts,
+    ) -> Vec<ReportVerdict> {
+        self.report
+            .iter()
+            .filter_map(|s| {
+                let name = s.policies.first()?.name.clone();
+                let screen = s.operator_screen(op);
+                let (decision, reason) = match s.decide(&screen, action, op, facts, request) {
+                    Ok(_) => ("allow", Reason::Allowed.as_str()),
+                    Err(d) => ("deny", d.reason.as_str()),
+                };
+                Some(ReportVerdict {
+                    policy: name,
+                    decision,
+                    reason,
+                })
+            })
+            .collect()
     }
 
     /// The same set with top-level caps (`limits:`), charged on every admission whichever policy

@@ -10,7 +10,7 @@ pub mod limiter;
 pub use controls::{
     BreakGlass, Justification, JustificationRule, Pattern, RequestFacts, JUSTIFICATION_HEADER,
 };
-pub use decide::{Candidate, Denial, OperatorScreen, PolicySet};
+pub use decide::{Candidate, Denial, OperatorScreen, PolicySet, ReportVerdict};
 pub use facts::{DeviceFacts, FactsOutcome};
 pub use limiter::{Permit, RateLimiter};
 
