@@ -20,6 +20,7 @@ mod approvals;
 mod audit_tools;
 mod cli;
 mod concurrency;
+mod console;
 mod crash;
 mod docs;
 mod faults;

@@ -33,6 +33,9 @@ pub struct Config {
     pub state: Option<StateConfig>,
     /// Evaluated in order; the first policy that admits the request is the one recorded.
     pub policies: Vec<PolicyConfig>,
+    /// The web console for approvers and auditors (docs/console.md). Absent: no console.
+    #[serde(default)]
+    pub console: Option<super::console::ConsoleConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

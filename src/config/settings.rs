@@ -31,6 +31,8 @@ pub struct Settings {
     pub policies: Vec<PolicySettings>,
     /// Approval rules by policy name (policies without `approval:` have none).
     pub approvals: std::collections::BTreeMap<String, crate::approval::ApprovalRule>,
+    /// The web console; `None` when the config has no `console:` block.
+    pub console: Option<super::console::ConsoleSettings>,
 }
 
 /// Every URL passgate talks to, resolved from the cloud defaults and the overrides.
