@@ -21,6 +21,7 @@ mod audit_tools;
 mod cli;
 mod concurrency;
 mod console;
+mod console_browser;
 mod crash;
 mod docs;
 mod faults;
