@@ -314,10 +314,12 @@ impl Validator<'_> {
             None => None,
         };
         if let Some(c) = &console {
-            let clash = [Some(&listen), admin_listen.as_ref()]
-                .into_iter()
-                .flatten()
-                .any(|a| *a == c.listen);
+            // Port 0 (any free port) never clashes.
+            let clash = !c.listen.ends_with(":0")
+                && [Some(&listen), admin_listen.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .any(|a| *a == c.listen);
             if clash {
                 return Err(self.err(
                     &root.key("console").key("listen"),
