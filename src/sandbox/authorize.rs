@@ -195,6 +195,14 @@ pub(crate) fn handle(shared: &Shared, tenant: &str, req: &Incoming) -> Reply {
     redirect(with_query(redirect_uri, &pairs))
 }
 
+/// The sign-in page's look (the emulator's own page, not passgate's: no CSP applies).
+const STYLE: &str = "body{font-family:system-ui,sans-serif;background:#f2f2f2;margin:0}\
+main{max-width:28rem;margin:4rem auto;background:#fff;padding:2rem 2.5rem;box-shadow:0 2px 6px rgba(0,0,0,.2)}\
+h1{font-size:1.5rem;font-weight:600}ul{list-style:none;padding:0}li{margin:.4rem 0}\
+button{width:100%;text-align:left;font:inherit;padding:.7rem .9rem;border:1px solid #8a8886;background:#fff;cursor:pointer}\
+button:hover,button:focus{background:#f3f2f1;outline:2px solid #0067b8}button span{display:block;color:#555;font-size:.9rem}\
+#cancel{width:auto;margin-top:1rem}p{color:#323130}";
+
 /// "Pick an account": one button per sample user, the request's parameters carried along.
 fn sign_in_page(shared: &Shared, p: &[(String, String)]) -> Reply {
     let t = &shared.tenant;
@@ -221,7 +229,7 @@ fn sign_in_page(shared: &Shared, p: &[(String, String)]) -> Reply {
     }
     let body = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Sign in to your account</title>\
-         <meta name=\"viewport\" content=\"width=device-width\"></head><body>\
+         <meta name=\"viewport\" content=\"width=device-width\"><style>{STYLE}</style></head><body>\
          <main><h1>Pick an account</h1>\
          <p>{} — emulated Microsoft Entra ID (passgate sandbox). No password: pick a sample user.</p>\
          <form method=\"post\">{hidden}<ul>{accounts}</ul>\
