@@ -102,8 +102,9 @@ impl Browser {
     }
 }
 
+/// The body as text, without the `<wbr>` line-break hints the pages put into long words.
 pub fn text(r: &Resp) -> String {
-    String::from_utf8_lossy(&r.body).into_owned()
+    String::from_utf8_lossy(&r.body).replace("<wbr>", "")
 }
 
 /// The CSRF token in a page's forms.

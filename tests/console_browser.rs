@@ -119,8 +119,9 @@ impl Driver {
         std::fs::write(self.shots.join(name), png).unwrap();
     }
 
+    /// The page's HTML, without the `<wbr>` line-break hints.
     async fn source(&self) -> String {
-        self.c().source().await.unwrap()
+        self.c().source().await.unwrap().replace("<wbr>", "")
     }
 
     /// Waits (bounded) until the page's source contains `needle`.

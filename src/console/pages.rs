@@ -239,8 +239,18 @@ fn person(v: &Value) -> String {
     if upn.is_empty() {
         code(s(v, "oid"))
     } else {
-        format!("<span title=\"{}\">{}</span>", esc(s(v, "oid")), esc(upn))
+        // A line may break after the `@` of a long UPN (a table column stays narrow).
+        format!(
+            "<span title=\"{}\">{}</span>",
+            esc(s(v, "oid")),
+            esc(upn).replacen('@', "@<wbr>", 1)
+        )
     }
+}
+
+/// A reason code or event, breakable after its underscores.
+fn word(v: &str) -> String {
+    esc(v).replace('_', "_<wbr>")
 }
 
 fn device(name: Option<&str>, id: &str) -> String {
@@ -647,7 +657,7 @@ fn audit_row(h: &crate::audit::Hit) -> String {
     let (what, reason, who, dev, status) = match kind {
         "decision" => (
             badge(s(r, "decision")),
-            esc(s(r, "reason")),
+            word(s(r, "reason")),
             if r["operator"].is_object() {
                 person(&r["operator"])
             } else {
@@ -662,7 +672,7 @@ fn audit_row(h: &crate::audit::Hit) -> String {
         ),
         "approval" => (
             badge("approval"),
-            esc(s(r, "event")),
+            word(s(r, "event")),
             person(if r["actor"].is_object() {
                 &r["actor"]
             } else {
@@ -673,7 +683,7 @@ fn audit_row(h: &crate::audit::Hit) -> String {
         ),
         "console" => (
             badge("console"),
-            esc(&match r["reason"].as_str() {
+            word(&match r["reason"].as_str() {
                 Some(why) => format!("{} refused: {why}", s(r, "event")),
                 None => s(r, "event").to_string(),
             }),
