@@ -724,6 +724,7 @@ pub async fn build_gateway(settings: &Settings, shared: &Shared) -> Result<Gatew
                     audit: shared.audit.clone(),
                     credential,
                     hmac_key,
+                    events: shared.metrics.console_events.clone(),
                 },
             )))
         }

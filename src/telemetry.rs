@@ -60,6 +60,8 @@ pub struct Metrics {
     pub approval_events: IntCounterVec,
     /// Webhook deliveries of new approval requests, by result.
     pub approval_notifications: IntCounterVec,
+    /// Web console actions, by event and result (`crate::console::EVENTS`).
+    pub console_events: IntCounterVec,
 }
 
 /// A pipeline stage, for `passgate_stage_duration_seconds{stage}`.
@@ -298,6 +300,17 @@ impl Metrics {
         for result in ["success", "failure"] {
             approval_notifications.with_label_values(&[result]);
         }
+        let console_events = counter(
+            &r,
+            "passgate_console_events_total",
+            "Web console actions, by event (sign_in, sign_out, approve, deny, export) and result: ok, refused (audited), failed (a sign-in that failed before an identity was established; logged, not audited).",
+            &["event", "result"],
+        );
+        for (event, results) in crate::console::EVENTS {
+            for result in *results {
+                console_events.with_label_values(&[event, result]);
+            }
+        }
         config_last_reload_success.set(chrono::Utc::now().timestamp() as f64);
         config_reloads.with_label_values(&["success"]).inc();
         Metrics {
@@ -326,6 +339,7 @@ impl Metrics {
             audit_min_free_bytes,
             approval_events,
             approval_notifications,
+            console_events,
         }
     }
 

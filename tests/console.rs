@@ -615,6 +615,13 @@ async fn state_nonce_and_pkce_mismatches_are_refused() {
     assert!(console_records(&env)
         .iter()
         .all(|r| r["result"] == "ok" && r["event"] == "sign_in"));
+    // The failures are counted: state, no sign-in, nonce, PKCE, replay, Entra's error.
+    let metrics = env.gateway().metrics.encode();
+    let failed = samples(&metrics)
+        .into_iter()
+        .find(|(k, _)| k == "passgate_console_events_total{event=\"sign_in\",result=\"failed\"}")
+        .map(|(_, v)| v);
+    assert_eq!(failed, Some(6.0), "{metrics}");
     env.stop().await;
 }
 

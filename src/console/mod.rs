@@ -36,6 +36,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use store::SessionStore;
 
+/// Every (event, result) the console counts in `passgate_console_events_total`.
+pub const EVENTS: &[(&str, &[&str])] = &[
+    ("sign_in", &["ok", "refused", "failed"]),
+    ("sign_out", &["ok", "refused"]),
+    ("approve", &["ok", "refused"]),
+    ("deny", &["ok", "refused"]),
+    ("export", &["ok", "refused"]),
+];
+
 /// Longest form body read.
 const MAX_FORM: usize = 16 * 1024;
 
@@ -49,6 +58,7 @@ pub struct Site {
     audit_path: PathBuf,
     hmac_key: Option<Vec<u8>>,
     names: DeviceNames,
+    events: prometheus::IntCounterVec,
     /// The audit log's CSP `form-action`/`connect` needs nothing else: every asset is ours.
     csp: String,
 }
@@ -61,6 +71,8 @@ pub struct SiteParts {
     pub audit: AuditLog,
     pub credential: crate::graph::token::AppCredential,
     pub hmac_key: Option<Vec<u8>>,
+    /// `passgate_console_events_total`.
+    pub events: prometheus::IntCounterVec,
 }
 
 impl Site {
@@ -90,6 +102,7 @@ impl Site {
                 parts.tokens,
                 timeout,
             ),
+            events: parts.events,
             csp: "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
                   frame-ancestors 'none'; base-uri 'none'"
                 .to_string(),
@@ -488,6 +501,8 @@ async fn record(
     approval_id: Option<&str>,
     details: BTreeMap<String, String>,
 ) -> bool {
+    let result = if refused.is_some() { "refused" } else { "ok" };
+    cx.site.events.with_label_values(&[event, result]).inc();
     let rec = ConsoleRecord {
         event: event.to_string(),
         result: if refused.is_some() { "refused" } else { "ok" }.to_string(),
@@ -556,6 +571,14 @@ async fn callback(cx: &Cx, req: &server::Request) -> Reply {
     r
 }
 
+/// Counts a sign-in that failed before anyone was identified (logged, not audited).
+fn failed_sign_in(cx: &Cx) {
+    cx.site
+        .events
+        .with_label_values(&["sign_in", "failed"])
+        .inc();
+}
+
 async fn callback_inner(
     cx: &Cx,
     q: &[(String, String)],
@@ -565,6 +588,7 @@ async fn callback_inner(
         Ok(Some(s)) => s,
         Ok(None) => {
             tracing::warn!(client = %cx.ip, "console: sign-in callback without a sign-in started in this browser");
+            failed_sign_in(cx);
             return pages::sign_in_failed(
                 "This sign-in was not started in this browser, or it took longer than 10 minutes.",
             );
@@ -580,17 +604,20 @@ async fn callback_inner(
     });
     if !state_ok {
         tracing::warn!(client = %cx.ip, "console: sign-in refused: state does not match");
+        failed_sign_in(cx);
         return pages::sign_in_failed("The sign-in response does not belong to the sign-in this browser started (state mismatch).");
     }
     if let Some(err) = field(q, "error") {
         let desc = field(q, "error_description").unwrap_or("");
         tracing::warn!(client = %cx.ip, error = err, "console: Entra ID did not sign the user in");
+        failed_sign_in(cx);
         return pages::sign_in_failed(&format!(
             "Entra ID did not sign you in: {err}. {}",
             desc.lines().next().unwrap_or("")
         ));
     }
     let Some(code) = field(q, "code") else {
+        failed_sign_in(cx);
         return pages::sign_in_failed("The sign-in response carries no code.");
     };
     let id = match cx
@@ -602,6 +629,7 @@ async fn callback_inner(
         Ok(id) => id,
         Err(e) => {
             tracing::warn!(client = %cx.ip, error = %e, reason = e.reason(), "console: sign-in refused");
+            failed_sign_in(cx);
             return match e {
                 oidc::OidcError::Provider(_) => {
                     pages::unavailable("Entra ID could not be reached to finish the sign-in.")
