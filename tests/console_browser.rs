@@ -34,6 +34,10 @@ fn browser_available() -> bool {
     ok
 }
 
+/// One Chromium at a time: on a 2-core machine two browsers beside the rest of the suite slow
+/// the timing-sensitive tests of other modules.
+static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// chromedriver and one headless Chromium session; both end with it (by their own handles).
 struct Driver {
     client: Option<Client>,
@@ -199,6 +203,7 @@ async fn browser_an_approver_approves_and_the_operators_retry_is_forwarded() {
     if !browser_available() {
         return;
     }
+    let _one = ONE_BROWSER.lock().await;
     let env = start().await;
     let console = env.console_url.clone().unwrap();
     let id = open_request(&env).await;
@@ -272,6 +277,7 @@ async fn browser_an_auditor_searches_exports_and_is_refused_approvals() {
     if !browser_available() {
         return;
     }
+    let _one = ONE_BROWSER.lock().await;
     let env = start().await;
     let console = env.console_url.clone().unwrap();
     for who in ["alice", "bob"] {
