@@ -56,6 +56,7 @@ CONTRACT = {
     "passgate_approval_events_total": {"event"},
     "passgate_approval_notifications_total": {"result"},
     "passgate_break_glass_total": {"policy"},
+    "passgate_console_events_total": {"event", "result"},
 }
 HISTOGRAMS = {"passgate_request_duration_seconds", "passgate_stage_duration_seconds",
               "passgate_audit_fsync_duration_seconds", "passgate_state_duration_seconds"}

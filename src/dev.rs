@@ -25,6 +25,8 @@ pub struct DevOptions {
     pub config_text: Option<String>,
     /// Admin listener; `None` runs without one.
     pub admin_listen: Option<String>,
+    /// Console listener (when the config has `console:`); `None` runs without the console.
+    pub console_listen: Option<String>,
 }
 
 impl Default for DevOptions {
@@ -34,6 +36,7 @@ impl Default for DevOptions {
             audit_log: None,
             config_text: None,
             admin_listen: Some("127.0.0.1:9090".into()),
+            console_listen: Some("127.0.0.1:8081".into()),
         }
     }
 }
@@ -58,6 +61,8 @@ pub struct DevEnv {
     pub settings: Settings,
     /// Admin endpoints (`/metrics`, `/healthz`, `/readyz`), when started.
     pub admin_url: Option<String>,
+    /// The web console (`http://127.0.0.1:PORT`), when started.
+    pub console_url: Option<String>,
     /// The listener's TLS configuration when the config has `server.tls` (tests call `reload_now`).
     pub tls: Option<Arc<server::TlsReloader>>,
     /// The running gateway (tests read its metrics; `live.get()`).
@@ -103,6 +108,12 @@ pub fn bind_to_sandbox(settings: &mut Settings, sandbox: &Sandbox, audit_log: &s
     // otherwise the emulator's client secret is handed over in memory.
     if settings.app.certificate.is_none() {
         settings.app.client_secret = Some(SecretRef::Inline(sandbox.client_secret()));
+    }
+    if let Some(c) = settings.console.as_mut() {
+        c.client_id = sandbox.tenant().console_client_id.clone();
+        if c.certificate.is_none() {
+            c.client_secret = Some(SecretRef::Inline(sandbox.console_client_secret()));
+        }
     }
     settings.audit.path = audit_log.display().to_string();
 }
@@ -155,6 +166,32 @@ pub async fn start(opts: DevOptions) -> Result<DevEnv, DevError> {
         }
     };
     bind_to_sandbox(&mut settings, &sandbox, &audit_log);
+    // The console's address is known once bound: its redirect URI follows (loopback http, so
+    // cookies without `Secure`), and the emulated app registration learns it.
+    let console_listener = match (&opts.console_listen, settings.console.is_some()) {
+        (Some(a), true) => {
+            let l = server::bind(a).await.map_err(StartError::from)?;
+            let addr = l
+                .local_addr()
+                .map_err(|source| server::ListenError {
+                    addr: a.clone(),
+                    source,
+                })
+                .map_err(StartError::from)?;
+            if let Some(c) = settings.console.as_mut() {
+                c.listen = addr.to_string();
+                c.public_origin = format!("http://{addr}");
+                c.redirect_uri = format!("http://{addr}{}", config::load::CALLBACK_PATH);
+                c.secure_cookies = false;
+                sandbox.register_console_redirect_uri(&c.redirect_uri);
+            }
+            Some((l, format!("http://{addr}")))
+        }
+        _ => {
+            settings.console = None;
+            None
+        }
+    };
     let shared = Shared::open(&settings).await?;
     let live = Live::new(runtime::build_gateway(&settings, &shared).await?);
     let serve_opts = server::ServeOptions::from_settings(&settings).map_err(StartError::from)?;
@@ -190,6 +227,20 @@ pub async fn start(opts: DevOptions) -> Result<DevEnv, DevError> {
         }
         None => None,
     };
+    let console_url = match console_listener {
+        Some((l, url)) => {
+            let copts =
+                crate::console::serve_options(&serve_opts, &settings).map_err(StartError::from)?;
+            tokio::spawn(crate::console::serve(
+                live.clone(),
+                l,
+                copts,
+                stopped(rx.clone()),
+            ));
+            Some(url)
+        }
+        None => None,
+    };
     let tls = serve_opts.tls.clone();
     let served = tokio::spawn(server::serve(
         live.clone(),
@@ -203,6 +254,7 @@ pub async fn start(opts: DevOptions) -> Result<DevEnv, DevError> {
         gateway_url: format!("{scheme}://{addr}"),
         tls,
         admin_url,
+        console_url,
         audit_log,
         settings,
         live,
@@ -253,6 +305,7 @@ pub fn state_json(env: &DevEnv) -> serde_json::Value {
     serde_json::json!({
         "gateway": env.gateway_url,
         "admin": env.admin_url,
+        "console": env.console_url,
         "graph": env.sandbox.graph_url(),
         "authority": env.sandbox.authority_url(),
         "tenant": t.tenant_id,
@@ -295,6 +348,11 @@ pub fn banner(
             "  admin      {a}/metrics  {a}/healthz  {a}/readyz\n"
         ));
     }
+    if let Some(c) = &env.console_url {
+        s.push_str(&format!(
+            "  console    {c}/  (sign in as dana — approver — or erin — auditor)\n"
+        ));
+    }
     s.push_str(&format!("  audit log  {}\n", env.audit_log.display()));
     if let Some(p) = state_file {
         s.push_str(&format!("  state      {}\n", p.display()));
@@ -326,6 +384,13 @@ pub fn banner(
         "  # or: passgate approvals list --gateway {url} --token-file {td}/carol.token\n"
     ));
     s.push_str("  # then alice's same call again: 204, once.\n");
+    if env.console_url.is_some() {
+        let wh = dev_id("warehouse-phone");
+        s.push_str("\nNeeds approval — alice on warehouse-phone, expect 403 approval_required; dana approves in the console, then retry:\n");
+        s.push_str(&format!(
+            "  curl -i -X POST -H \"Authorization: Bearer $(cat {td}/alice.token)\" \\\n    {url}/v1.0/deviceManagement/managedDevices/{wh}/recoverPasscode\n"
+        ));
+    }
     s.push_str("\nVerify the audit chain:  passgate audit verify ");
     s.push_str(&env.audit_log.display().to_string());
     s.push_str("\nCtrl-C stops.");

@@ -11,6 +11,7 @@ pub mod approval;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod flood;
 pub mod graph;

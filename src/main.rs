@@ -48,6 +48,9 @@ enum Command {
         /// Admin listen address for /metrics, /healthz, /readyz (port 0 picks a free one).
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin_listen: String,
+        /// Web console listen address (port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        console_listen: String,
     },
     /// Two-person approvals: list, show, approve or deny requests through a gateway.
     Approvals {
@@ -91,9 +94,10 @@ async fn main() -> ExitCode {
             listen,
             audit_log,
             admin_listen,
+            console_listen,
         } => {
             init_tracing();
-            run_dev(state_file, listen, audit_log, admin_listen).await
+            run_dev(state_file, listen, audit_log, admin_listen, console_listen).await
         }
         Command::Audit { command } => passgate::audit::cli::run(command),
         Command::Approvals { command } => passgate::approval::cli::run(command).await,
@@ -239,6 +243,21 @@ async fn serve(path: &std::path::Path) -> ExitCode {
             ));
             tracing::info!(admin = %admin_bound, "admin endpoints serving");
         }
+        if let Some(c) = &settings.console {
+            let console = server::bind(&c.listen).await?;
+            let console_opts = passgate::console::serve_options(&opts, &settings)?;
+            let bound = console
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| c.listen.clone());
+            tokio::spawn(passgate::console::serve(
+                live.clone(),
+                console,
+                console_opts,
+                stopped(stop_rx.clone()),
+            ));
+            tracing::info!(console = %bound, url = %c.public_origin, "web console serving");
+        }
         let reloader = Reloader::new(
             path.to_path_buf(),
             live.clone(),
@@ -308,12 +327,14 @@ async fn run_dev(
     listen: String,
     audit_log: Option<PathBuf>,
     admin_listen: String,
+    console_listen: String,
 ) -> ExitCode {
     let env = match dev::start(dev::DevOptions {
         listen,
         audit_log,
         config_text: None,
         admin_listen: Some(admin_listen),
+        console_listen: Some(console_listen),
     })
     .await
     {

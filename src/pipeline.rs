@@ -57,6 +57,8 @@ pub struct Gateway {
     pub approvals: crate::approval::Approvals,
     /// `audit.min_free_bytes`: `/readyz` fails below it (0: no floor).
     pub audit_min_free_bytes: u64,
+    /// The web console of this configuration (`console:`), served on its own listener.
+    pub console: Option<Arc<crate::console::Site>>,
 }
 
 /// The operator, established from their token, and the action they asked for.

@@ -10,6 +10,7 @@ use crate::approval::Approvals;
 use crate::audit::{AuditError, AuditLog, AuditOptionsError};
 use crate::auth::{keys::KeyStore, AuthSettings, Authenticator};
 use crate::config::{self, AssertionFormat, SecretError, Settings};
+use crate::console::store::{MemorySessions, SessionStore};
 use crate::flood::PreAuthBudget;
 use crate::graph::facts::FactsClient;
 use crate::graph::forward::Forwarder;
@@ -121,6 +122,19 @@ pub const RESTART_ONLY: &[RestartOnly] = &[
         key: "audit.rotate_max_age_seconds",
         differs: |a, b| a.audit.rotate_max_age_seconds != b.audit.rotate_max_age_seconds,
     },
+    // The console listener is bound once, like the others (adding or removing the `console:`
+    // block); its other keys reload.
+    RestartOnly {
+        key: "console",
+        differs: |a, b| a.console.is_some() != b.console.is_some(),
+    },
+    RestartOnly {
+        key: "console.listen",
+        differs: |a, b| match (&a.console, &b.console) {
+            (Some(x), Some(y)) => x.listen != y.listen,
+            _ => false,
+        },
+    },
     // The state backend is built once: the limits' memory must not be swapped mid-flight.
     RestartOnly {
         key: "state",
@@ -148,6 +162,8 @@ pub struct Shared {
     pub preauth: Arc<PreAuthBudget>,
     /// Approval requests: in this process, or in Redis with the limits.
     pub approvals: Arc<dyn ApprovalStore>,
+    /// Console sessions and sign-ins in progress: in this process, or in Redis with the limits.
+    pub sessions: Arc<dyn SessionStore>,
     pub metrics: Metrics,
     pub audit: AuditLog,
     /// Operator-token keys, reused by a reload whose key source is unchanged.
@@ -179,12 +195,15 @@ impl Shared {
         let metrics = Metrics::new();
         let fsync = metrics.audit_fsync.clone();
         audit.set_fsync_observer(Arc::new(move |d: Duration| fsync.observe(d.as_secs_f64())));
-        let (store, approvals): (Arc<dyn WindowStore>, Arc<dyn ApprovalStore>) = match &settings
-            .state
-        {
+        let (store, approvals, sessions): (
+            Arc<dyn WindowStore>,
+            Arc<dyn ApprovalStore>,
+            Arc<dyn SessionStore>,
+        ) = match &settings.state {
             None => (
                 Arc::new(MemoryStore::new()),
                 Arc::new(MemoryApprovals::new()),
+                Arc::new(MemorySessions::new()),
             ),
             Some(redis) => {
                 let (store, down) = RedisStore::connect(redis).await?;
@@ -192,7 +211,7 @@ impl Shared {
                     tracing::error!(error = %e, "Redis (state.redis) is not answering; requests get 503 limits_unavailable until it does");
                 }
                 let store = Arc::new(store);
-                (store.clone(), store)
+                (store.clone(), store.clone(), store)
             }
         };
         for kind in StoreErrorKind::ALL {
@@ -211,6 +230,7 @@ impl Shared {
         tokio::spawn(preauth.clone().run_flusher(audit.clone()));
         Ok(Shared {
             approvals,
+            sessions,
             preauth,
             limiter: Arc::new(RateLimiter::new(store)),
             metrics,
@@ -537,18 +557,28 @@ fn webhook_url(policy: &str, r: &crate::config::SecretRef) -> Result<String, Sta
 }
 
 fn app_credential(settings: &Settings) -> Result<AppCredential, StartError> {
-    if let Some(secret) = &settings.app.client_secret {
+    credential(
+        settings.app.client_secret.as_ref(),
+        settings.app.certificate.as_ref(),
+        ("app.client_secret", "app.certificate.private_key"),
+    )
+}
+
+/// A confidential client's credential (`app:` or `console:`): the secret, or the certificate
+/// and its private key, resolved. `what` names the two secret keys in errors.
+fn credential(
+    secret: Option<&config::SecretRef>,
+    certificate: Option<&config::CertificateCredential>,
+    what: (&'static str, &'static str),
+) -> Result<AppCredential, StartError> {
+    if let Some(secret) = secret {
         let s = secret.resolve().map_err(|source| StartError::Secret {
-            what: "app.client_secret",
+            what: what.0,
             source,
         })?;
         return Ok(AppCredential::Secret(s.expose().to_string()));
     }
-    let cert = settings
-        .app
-        .certificate
-        .as_ref()
-        .ok_or(StartError::NoCredential)?;
+    let cert = certificate.ok_or(StartError::NoCredential)?;
     use rustls_pki_types::pem::PemObject;
     let cert_der = rustls_pki_types::CertificateDer::from_pem_file(&cert.cert_file)
         .map_err(|source| StartError::CertificateFile {
@@ -560,7 +590,7 @@ fn app_credential(settings: &Settings) -> Result<AppCredential, StartError> {
         .private_key
         .resolve()
         .map_err(|source| StartError::Secret {
-            what: "app.certificate.private_key",
+            what: what.1,
             source,
         })?;
     // PKCS#8 or PKCS#1 ("BEGIN RSA PRIVATE KEY"), parsed and checked by ring.
@@ -681,6 +711,42 @@ pub async fn build_gateway(settings: &Settings, shared: &Shared) -> Result<Gatew
             shared.metrics.approval_notifications.clone(),
         ),
     );
+    let console = match &settings.console {
+        Some(c) => {
+            let credential = credential(
+                c.client_secret.as_ref(),
+                c.certificate.as_ref(),
+                ("console.client_secret", "console.certificate.private_key"),
+            )?;
+            let hmac_key = settings
+                .audit
+                .hmac_key
+                .as_ref()
+                .map(|k| {
+                    k.resolve()
+                        .map(|s| s.expose().as_bytes().to_vec())
+                        .map_err(|source| StartError::Secret {
+                            what: "audit.hmac_key",
+                            source,
+                        })
+                })
+                .transpose()?;
+            Some(Arc::new(crate::console::Site::build(
+                c,
+                settings,
+                crate::console::SiteParts {
+                    client: client.clone(),
+                    tokens: tokens.clone(),
+                    sessions: shared.sessions.clone(),
+                    audit: shared.audit.clone(),
+                    credential,
+                    hmac_key,
+                    events: shared.metrics.console_events.clone(),
+                },
+            )))
+        }
+        None => None,
+    };
     let forwarder = Forwarder::new(
         client,
         ep.graph.clone(),
@@ -708,6 +774,7 @@ pub async fn build_gateway(settings: &Settings, shared: &Shared) -> Result<Gatew
         preauth: shared.preauth.clone(),
         approvals,
         audit_min_free_bytes: settings.audit.min_free_bytes,
+        console,
     })
 }
 
@@ -756,6 +823,15 @@ mod tests {
                 }),
             ),
             ("server.plaintext", (|s| s.server.plaintext = false)),
+            ("console", (|s| s.console = None)),
+            (
+                "console.listen",
+                (|s| {
+                    if let Some(c) = s.console.as_mut() {
+                        c.listen = "127.0.0.1:1".into();
+                    }
+                }),
+            ),
             (
                 "server.tls",
                 (|s| {

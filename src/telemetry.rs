@@ -64,6 +64,8 @@ pub struct Metrics {
     pub approval_notifications: IntCounterVec,
     /// Admissions through `break_glass: true` policies whose allow record is durable, by policy.
     pub break_glass: IntCounterVec,
+    /// Web console actions, by event and result (`crate::console::EVENTS`).
+    pub console_events: IntCounterVec,
 }
 
 /// A pipeline stage, for `passgate_stage_duration_seconds{stage}`.
@@ -314,6 +316,17 @@ impl Metrics {
             "Actions admitted through a break_glass policy (counted once the allow record is durable), by policy. Every increase should page someone.",
             &["policy"],
         );
+        let console_events = counter(
+            &r,
+            "passgate_console_events_total",
+            "Web console actions, by event (sign_in, sign_out, approve, deny, export) and result: ok, refused (audited), failed (a sign-in that failed before an identity was established; logged, not audited).",
+            &["event", "result"],
+        );
+        for (event, results) in crate::console::EVENTS {
+            for result in *results {
+                console_events.with_label_values(&[event, result]);
+            }
+        }
         config_last_reload_success.set(chrono::Utc::now().timestamp() as f64);
         config_reloads.with_label_values(&["success"]).inc();
         Metrics {
@@ -344,6 +357,7 @@ impl Metrics {
             approval_notifications,
             report_decisions,
             break_glass,
+            console_events,
         }
     }
 

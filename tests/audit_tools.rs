@@ -884,6 +884,14 @@ fn check_against_schema(schema: &serde_json::Value, def: &str, rec: &serde_json:
         if let Some(c) = decl.get("const") {
             assert_eq!(v, c, "{def}.{k}");
         }
+        // A map of text (`details`): every value a string.
+        if decl["additionalProperties"]["type"] == "string" {
+            let map = v
+                .as_object()
+                .unwrap_or_else(|| panic!("{def}.{k}: not an object"));
+            assert!(map.values().all(|x| x.is_string()), "{def}.{k}: {v}");
+            continue;
+        }
         // Nested records: follow `oneOf: [{$ref}, {type: null}]`.
         if v.is_object() {
             let nested = decl["oneOf"][0]["$ref"]
@@ -917,7 +925,8 @@ async fn every_record_kind_the_writer_writes_fits_the_schema() {
             "#/$defs/outcome",
             "#/$defs/approval",
             "#/$defs/throttled",
-            "#/$defs/recovery"
+            "#/$defs/recovery",
+            "#/$defs/console"
         ]
     );
     // Every declared property has a description (or is a const/`$ref` with one in its target).
@@ -928,6 +937,7 @@ async fn every_record_kind_the_writer_writes_fits_the_schema() {
         "approval",
         "throttled",
         "recovery",
+        "console",
         "operator",
         "target",
         "device",
@@ -1000,6 +1010,28 @@ async fn every_record_kind_the_writer_writes_fits_the_schema() {
     })
     .await
     .unwrap();
+    for (event, result, reason, person) in [
+        ("sign_in", "ok", None, true),
+        ("sign_in", "refused", Some("id_token_invalid"), false),
+        ("approve", "refused", Some("csrf_token_invalid"), true),
+    ] {
+        log.record_console(passgate::audit::ConsoleRecord {
+            event: event.into(),
+            result: result.into(),
+            reason: reason.map(str::to_string),
+            person: person.then(|| passgate::audit::ApprovalPerson {
+                oid: "oid-dana".into(),
+                upn: Some("dana@example.com".into()),
+            }),
+            session: person.then(|| "0123456789abcdef0123456789abcdef".into()),
+            client_ip: "127.0.0.1".into(),
+            approval_id: (event == "approve")
+                .then(|| "0b5d5ae6-39a4-4c5b-a0f5-2b3c0a3f9d11".into()),
+            details: [("roles".to_string(), "approver".to_string())].into(),
+        })
+        .await
+        .unwrap();
+    }
     log.close();
     let log = AuditLog::open_with(
         &path,
@@ -1029,7 +1061,14 @@ async fn every_record_kind_the_writer_writes_fits_the_schema() {
     }
     assert_eq!(
         seen.into_iter().collect::<Vec<_>>(),
-        ["approval", "decision", "outcome", "recovery", "throttled"]
+        [
+            "approval",
+            "console",
+            "decision",
+            "outcome",
+            "recovery",
+            "throttled"
+        ]
     );
     verify_set(&[path], &keyed()).unwrap();
 }

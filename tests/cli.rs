@@ -87,7 +87,14 @@ async fn dev_writes_a_state_file_whose_tokens_work_end_to_end() {
     let state_path = dir.path().join("state.json");
     let mut child = ChildGuard(
         Command::new(BIN)
-            .args(["dev", "--listen", "127.0.0.1:0", "--state-file"])
+            .args([
+                "dev",
+                "--listen",
+                "127.0.0.1:0",
+                "--console-listen",
+                "127.0.0.1:0",
+                "--state-file",
+            ])
             .arg(&state_path)
             .arg("--audit-log")
             .arg(dir.path().join("audit.jsonl"))
@@ -123,6 +130,8 @@ async fn dev_writes_a_state_file_whose_tokens_work_end_to_end() {
     assert!(state.get("admin").is_some());
     let gateway = state["gateway"].as_str().unwrap();
     assert!(banner.contains(gateway), "banner shows the gateway URL");
+    let console = state["console"].as_str().expect("the console runs");
+    assert!(banner.contains(console), "banner shows the console URL");
     assert!(banner.contains("curl"), "banner has ready-to-paste calls");
     let alice = state["operators"]["alice"]["token"].as_str().unwrap();
     assert!(!banner.contains(alice), "the banner never prints a token");
@@ -177,7 +186,14 @@ fn dev_files_are_private_and_planted_links_are_not_followed() {
     symlink(&victim, dir.path().join("alice.token")).unwrap();
     let mut child = ChildGuard(
         Command::new(BIN)
-            .args(["dev", "--listen", "127.0.0.1:0", "--state-file"])
+            .args([
+                "dev",
+                "--listen",
+                "127.0.0.1:0",
+                "--console-listen",
+                "127.0.0.1:0",
+                "--state-file",
+            ])
             .arg(&state_link)
             .arg("--audit-log")
             .arg(dir.path().join("audit.jsonl"))

@@ -42,7 +42,15 @@ fn serve_config(sb: &Sandbox, port: u16, audit: &Path) -> String {
         )
         .replace("per_operator: \"20 per 1h\"", "per_operator: \"1000000 per 1h\"")
         .replace("per_device: \"3 per 10m\"", "per_device: \"1000000 per 1h\"")
-        .replace("global: \"200 per 1h\"", "global: \"1000000 per 1h\"");
+        .replace("global: \"200 per 1h\"", "global: \"1000000 per 1h\"")
+        .replace("  listen: \"127.0.0.1:8081\"", "  listen: \"127.0.0.1:0\"")
+        .replace(
+            "env:PASSGATE_SANDBOX_CONSOLE_SECRET",
+            &format!(
+                "file:{}",
+                crate::common::console_secret_file(audit).display()
+            ),
+        );
     assert!(cfg.contains(&sb.graph_url()), "endpoints replaced");
     assert!(cfg.contains("env:PASSGATE_CLIENT_SECRET"));
     assert!(cfg.contains(&audit.display().to_string()));

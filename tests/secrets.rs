@@ -25,7 +25,7 @@ use tracing::dispatcher::{self, DefaultGuard, Dispatch};
 /// default of whichever thread hits the callsite first, which may be another test's thread with
 /// no subscriber, and the callsite would then stay disabled for this capture too. With two,
 /// it asks every registered dispatcher.
-fn capturing_runtime(
+pub(crate) fn capturing_runtime(
     buf: &Arc<Mutex<Vec<u8>>>,
 ) -> (tokio::runtime::Runtime, DefaultGuard, Dispatch) {
     let second = Dispatch::new(tracing::subscriber::NoSubscriber::default());
@@ -110,7 +110,7 @@ impl Transcript {
 
 /// The needles: a full secret, and for JWTs also the signature part alone (a log that printed
 /// "just the signature" or a truncated token still leaks the credential's unique part).
-fn needles(secrets: &[String]) -> Vec<String> {
+pub(crate) fn needles(secrets: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     for s in secrets {
         if s.len() < 16 {
@@ -126,7 +126,7 @@ fn needles(secrets: &[String]) -> Vec<String> {
     out
 }
 
-fn assert_no_hits(what: &str, haystack: &str, needles: &[String]) {
+pub(crate) fn assert_no_hits(what: &str, haystack: &str, needles: &[String]) {
     for n in needles {
         assert!(
             !haystack.contains(n.as_str()),

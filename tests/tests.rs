@@ -20,6 +20,8 @@ mod approvals;
 mod audit_tools;
 mod cli;
 mod concurrency;
+mod console;
+mod console_browser;
 mod controls;
 mod crash;
 mod docs;

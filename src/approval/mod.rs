@@ -239,6 +239,11 @@ impl Approvals {
         &self.notifier
     }
 
+    /// Whether `op` is among the approvers of any policy (the console's approver role).
+    pub fn is_any_approver(&self, op: &Operator) -> bool {
+        self.rules.values().any(|r| r.approvers.matches(op))
+    }
+
     pub fn store(&self) -> &Arc<dyn ApprovalStore> {
         &self.store
     }

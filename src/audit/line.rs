@@ -23,6 +23,7 @@ pub(crate) enum LineKind {
     Approval,
     Throttled,
     Recovery,
+    Console,
 }
 
 impl LineKind {
@@ -33,16 +34,18 @@ impl LineKind {
             LineKind::Approval => "approval",
             LineKind::Throttled => "throttled",
             LineKind::Recovery => "recovery",
+            LineKind::Console => "console",
         }
     }
 
     /// Every kind, so the verifier knows exactly the words the writer may write.
-    pub(crate) const ALL: [LineKind; 5] = [
+    pub(crate) const ALL: [LineKind; 6] = [
         LineKind::Decision,
         LineKind::Outcome,
         LineKind::Approval,
         LineKind::Throttled,
         LineKind::Recovery,
+        LineKind::Console,
     ];
 }
 

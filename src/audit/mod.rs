@@ -15,8 +15,10 @@
 //! - `kind` is `decision` ([`DecisionRecord`] fields), `outcome` ([`OutcomeRecord`] fields),
 //!   `approval` ([`ApprovalRecord`] fields: one step of a two-person approval),
 //!   `throttled` ([`ThrottledRecord`] fields: refusals before authentication past the client's
-//!   budget, answered 429 and counted per client and reason instead of one record each) or
-//!   `recovery` ([`RecoveryRecord`] fields, written by the writer after cutting a torn tail).
+//!   budget, answered 429 and counted per client and reason instead of one record each),
+//!   `recovery` ([`RecoveryRecord`] fields, written by the writer after cutting a torn tail) or
+//!   `console` ([`ConsoleRecord`] fields: one sign-in, sign-out, approve, deny or export in the
+//!   web console).
 //!   Record fields follow in struct declaration order; `None` is written as `null`.
 //! - A decision record the pipeline gave up on (audit deadline passed while it was queued) is
 //!   written in its abandoned form ([`DecisionRecord::abandoned`]): `deny`, `audit_unavailable`,
@@ -79,9 +81,9 @@ pub use options::{
     check_hmac_key, AuditOptions, AuditOptionsError, FsyncObserver, KeyTooShort, MIN_HMAC_KEY_BYTES,
 };
 pub use record::{
-    AbandonedDecision, ApprovalPerson, ApprovalRecord, Decision, DecisionRecord, DeviceRecord,
-    OperatorRecord, OutcomeRecord, RecoveryRecord, ReportRecord, TargetRecord, ThrottledRecord,
-    MAX_PATH_BYTES,
+    AbandonedDecision, ApprovalPerson, ApprovalRecord, ConsoleRecord, Decision, DecisionRecord,
+    DeviceRecord, OperatorRecord, OutcomeRecord, RecoveryRecord, ReportRecord, TargetRecord,
+    ThrottledRecord, MAX_PATH_BYTES,
 };
 pub use rotation::{rotated_files, rotation_set};
 pub use search::{search, Format, Hit, SearchError, SearchFilter, SearchResult};

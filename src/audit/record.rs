@@ -200,5 +200,29 @@ pub struct ThrottledRecord {
     pub last_time: String,
 }
 
+/// One action in the web console (`kind: console`): a sign-in, sign-out, approve, deny or export,
+/// taken or refused. It names the person and a hash of their session, never the session id, a
+/// token or an authorization code. An approve or deny also has its `approval` record (written
+/// first, by the same code path as the API); this one ties it to the console session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleRecord {
+    /// `sign_in`, `sign_out`, `approve`, `deny` or `export`.
+    pub event: String,
+    /// `ok` (taken) or `refused`.
+    pub result: String,
+    /// Why it was refused (e.g. `no_console_role`, `csrf_token_invalid`); `None` when taken.
+    pub reason: Option<String>,
+    /// Who, from their validated ID token; `None` when the sign-in failed before that.
+    pub person: Option<ApprovalPerson>,
+    /// Hex SHA-256 of the session id (first 32 hex digits): matches one session's records.
+    pub session: Option<String>,
+    /// The browser's address after `trusted_proxies` resolution.
+    pub client_ip: String,
+    /// The approval an approve or deny was about.
+    pub approval_id: Option<String>,
+    /// Event details as text: an export's filters and row count, a sign-in's roles.
+    pub details: std::collections::BTreeMap<String, String>,
+}
+
 /// Longest `path` kept in a decision line, in bytes.
 pub const MAX_PATH_BYTES: usize = 2048;

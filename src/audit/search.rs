@@ -156,6 +156,11 @@ pub fn search(paths: &[PathBuf], filter: &SearchFilter) -> Result<SearchResult, 
                         out.hits.push(hit(path, line, record));
                     }
                 }
+                Some("console") => {
+                    if matches_console(&record, filter) {
+                        out.hits.push(hit(path, line, record));
+                    }
+                }
                 Some("recovery") => {
                     if filter.time_only() && in_time(&record, filter) {
                         out.hits.push(hit(path, line, record));
@@ -270,6 +275,26 @@ fn matches_approval(rec: &Value, f: &SearchFilter) -> bool {
     in_time(rec, f)
 }
 
+/// A `console` record matches an operator who is its person, its event as `--reason` (or its
+/// refusal reason), and time; never a device or `--decision`.
+fn matches_console(rec: &Value, f: &SearchFilter) -> bool {
+    if f.decision.is_some() || f.device.is_some() {
+        return false;
+    }
+    if let Some(op) = &f.operator {
+        let p = &rec["person"];
+        if !(eq_ci(p["oid"].as_str(), op) || eq_ci(p["upn"].as_str(), op)) {
+            return false;
+        }
+    }
+    if let Some(r) = &f.reason {
+        if !(eq_ci(rec["event"].as_str(), r) || eq_ci(rec["reason"].as_str(), r)) {
+            return false;
+        }
+    }
+    in_time(rec, f)
+}
+
 /// A `throttled` summary matches filters that do not name an operator or a device (it has
 /// neither): by decision `deny`, by the reason its requests would have had or by
 /// `unauthenticated_throttled`, and by time (its first request).
@@ -339,12 +364,13 @@ fn row(h: &Hit) -> Row {
     let r = &h.record;
     let kind = s(&r["kind"]);
     let approval = kind == "approval";
+    let console = kind == "console";
     let last_outcome = h.outcomes.last().map(|(_, o)| o);
     let (status, graph_request_id, latency_ms, error) = if kind == "recovery" {
         (String::new(), String::new(), String::new(), String::new())
     } else if kind == "throttled" {
         (s(&r["status"]), String::new(), String::new(), String::new())
-    } else if kind == "approval" {
+    } else if kind == "approval" || console {
         (String::new(), String::new(), String::new(), String::new())
     } else if r["decision"].as_str() == Some("deny") {
         // A denial whose record was still being written when passgate gave up on it carries an
@@ -375,28 +401,39 @@ fn row(h: &Hit) -> Row {
         decision: match kind.as_str() {
             "recovery" => "recovery".into(),
             "approval" => "approval".into(),
+            "console" => "console".into(),
             "throttled" => "deny".into(),
             _ => s(&r["decision"]),
         },
         count: match kind.as_str() {
             "throttled" => s(&r["count"]),
-            "recovery" | "approval" => String::new(),
+            "recovery" | "approval" | "console" => String::new(),
             _ => "1".into(),
         },
         kind,
         request_id: s(&r["request_id"]),
         reason: if approval {
             s(&r["event"])
+        } else if console {
+            // The event, and why it was refused when it was: `approve`, `approve refused: …`.
+            match r["reason"].as_str() {
+                Some(why) => format!("{} refused: {why}", s(&r["event"])),
+                None => s(&r["event"]),
+            }
         } else {
             s(&r["reason"])
         },
         operator_oid: if approval {
             s(&r["requester"]["oid"])
+        } else if console {
+            s(&r["person"]["oid"])
         } else {
             s(&r["operator"]["oid"])
         },
         operator_upn: if approval {
             s(&r["requester"]["upn"])
+        } else if console {
+            s(&r["person"]["upn"])
         } else {
             s(&r["operator"]["upn"])
         },

@@ -20,7 +20,7 @@ use super::error::{AuditError, FailureCounts, FailureKind};
 use super::line::{parse_line, record_fields, LineKind, GENESIS_PREV};
 use super::options::{check_hmac_key, AuditOptions, FsyncObserver};
 use super::record::{
-    ApprovalRecord, DecisionRecord, OutcomeRecord, ThrottledRecord, MAX_PATH_BYTES,
+    ApprovalRecord, ConsoleRecord, DecisionRecord, OutcomeRecord, ThrottledRecord, MAX_PATH_BYTES,
 };
 use super::rotation::rotated_files;
 use super::scan::{read_first_line, read_tail, ReadFromStart};
@@ -362,6 +362,14 @@ impl AuditLog {
     pub async fn record_throttled(&self, rec: ThrottledRecord) -> Result<(), AuditError> {
         let fields = record_fields(&rec)?;
         self.submit(LineKind::Throttled, fields, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Appends one web-console action; durable like the others.
+    pub async fn record_console(&self, rec: ConsoleRecord) -> Result<(), AuditError> {
+        let fields = record_fields(&rec)?;
+        self.submit(LineKind::Console, fields, None)
             .await
             .map(|_| ())
     }

@@ -11,6 +11,9 @@ use crate::policy::{BreakGlass, JustificationRule, Limit, LimitScope, Pattern, P
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
+mod console;
+pub use console::CALLBACK_PATH;
+
 /// Smallest accepted `audit.rotate_max_bytes`.
 const MIN_AUDIT_ROTATE_BYTES: u64 = 65_536;
 /// Smallest accepted `audit.rotate_max_age_seconds`.
@@ -331,7 +334,32 @@ impl Validator<'_> {
             None
         };
 
+        let console = match &raw.console {
+            Some(c) => Some(self.console(c)?),
+            None => None,
+        };
+        if let Some(c) = &console {
+            // Port 0 (any free port) never clashes.
+            let clash = !c.listen.ends_with(":0")
+                && [Some(&listen), admin_listen.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .any(|a| *a == c.listen);
+            if clash {
+                return Err(self.err(
+                    &root.key("console").key("listen"),
+                    true,
+                    format!(
+                        "`{}` is already the gateway's or the admin listener's address",
+                        c.listen
+                    ),
+                    "give the console a port of its own, e.g. 8443 (gateway) and 8444 (console)",
+                ));
+            }
+        }
+
         Ok(Settings {
+            console,
             listen,
             admin_listen,
             tls: raw.server.tls.clone(),

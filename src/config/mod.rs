@@ -3,6 +3,7 @@
 //! a typo in a security policy must never silently widen it.
 
 pub mod cidr;
+pub mod console;
 pub mod load;
 pub mod locate;
 pub mod schema;
@@ -11,6 +12,7 @@ pub mod settings;
 pub mod summary;
 pub mod warnings;
 
+pub use console::{ConsoleConfig, ConsoleSettings};
 pub use load::{load_file, load_str, parse_rate, ConfigError};
 pub use schema::*;
 pub use secret::{Secret, SecretError};

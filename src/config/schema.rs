@@ -41,6 +41,9 @@ pub struct Config {
     /// `approval.notify` of their own.
     #[serde(default)]
     pub notify: Option<NotifyConfig>,
+    /// The web console for approvers and auditors (docs/console.md). Absent: no console.
+    #[serde(default)]
+    pub console: Option<super::console::ConsoleConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

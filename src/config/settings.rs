@@ -35,6 +35,8 @@ pub struct Settings {
     pub approvals: std::collections::BTreeMap<String, crate::approval::ApprovalRule>,
     /// Top-level `limits:`: caps charged on every admission, whichever policy admits.
     pub caps: Vec<Limit>,
+    /// The web console; `None` when the config has no `console:` block.
+    pub console: Option<super::console::ConsoleSettings>,
 }
 
 /// Every URL passgate talks to, resolved from the cloud defaults and the overrides.

@@ -38,6 +38,20 @@ fn write_summary(o: &mut String, s: &Settings) -> std::fmt::Result {
         Some(a) => writeln!(o, "admin         {a} (HTTP without TLS or authentication)")?,
         None => writeln!(o, "admin         disabled")?,
     }
+    match &s.console {
+        Some(c) => writeln!(
+            o,
+            "console       {} — {}, sign-in as {} (redirect {}), {} auditor entries, sessions {}s idle / {}s max",
+            c.listen,
+            if s.tls.is_some() { "TLS (server.tls certificate)" } else { "plain HTTP" },
+            c.client_id,
+            c.redirect_uri,
+            c.auditors.users.len() + c.auditors.groups.len() + c.auditors.app_roles.len(),
+            c.idle_timeout.as_secs(),
+            c.max_age.as_secs()
+        )?,
+        None => writeln!(o, "console       disabled")?,
+    }
     if !s.server.trusted_proxies.is_empty() {
         let p: Vec<String> = s
             .server

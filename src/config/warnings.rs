@@ -80,6 +80,24 @@ pub fn warnings_at(s: &Settings, now: chrono::DateTime<chrono::Utc>) -> Vec<Warn
             );
         }
     }
+    if let Some(c) = &s.console {
+        if s.tls.is_none() && !loopback(&c.listen) && !c.secure_cookies {
+            add(
+                "console.listen",
+                "plain HTTP on a non-loopback address without an https redirect_uri: sessions cross the network unencrypted".into(),
+            );
+        }
+        if s.approvals.is_empty()
+            && c.auditors.users.is_empty()
+            && c.auditors.groups.is_empty()
+            && c.auditors.app_roles.is_empty()
+        {
+            add(
+                "console.auditors",
+                "no auditors and no policy with approval: nobody can use the console".into(),
+            );
+        }
+    }
     for p in &s.server.trusted_proxies {
         let broad = if p.is_ipv4() {
             p.prefix_len() < 16

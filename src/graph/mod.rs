@@ -3,4 +3,5 @@
 
 pub mod facts;
 pub mod forward;
+pub mod names;
 pub mod token;

@@ -93,6 +93,50 @@ pub(crate) fn operator_claims(
     Value::Object(c)
 }
 
+/// The v2 ID token Entra issues to the console after an authorization-code sign-in (ID token
+/// claims reference): `aud` the console's client id, the v2 issuer, `nonce`, `oid`, `tid`,
+/// `preferred_username`, `name`, a pairwise `sub`, `groups` and `roles` when the user has any.
+/// Signed RS256 with the published key, header `typ: JWT` and `kid`.
+pub(crate) fn id_token(shared: &Shared, op: &SampleOperator, nonce: Option<&str>) -> String {
+    let t = &shared.tenant;
+    let iat = now();
+    let mut c = Map::new();
+    c.insert("aud".into(), json!(t.console_client_id));
+    c.insert(
+        "iss".into(),
+        json!(format!("{}/{}/v2.0", shared.authority_url, t.tenant_id)),
+    );
+    c.insert("iat".into(), json!(iat));
+    c.insert("nbf".into(), json!(iat));
+    c.insert("exp".into(), json!(iat + 3600));
+    c.insert("aio".into(), json!(random_id()));
+    if !op.groups.is_empty() {
+        c.insert("groups".into(), json!(op.groups));
+    }
+    c.insert("name".into(), json!(op.display_name));
+    if let Some(n) = nonce {
+        c.insert("nonce".into(), json!(n));
+    }
+    c.insert("oid".into(), json!(op.oid));
+    c.insert("preferred_username".into(), json!(op.upn));
+    c.insert("rh".into(), json!(random_id()));
+    if !op.roles.is_empty() {
+        c.insert("roles".into(), json!(op.roles));
+    }
+    c.insert(
+        "sub".into(),
+        json!(pairwise_sub(&op.oid, &t.console_client_id)),
+    );
+    c.insert("tid".into(), json!(t.tenant_id));
+    c.insert("uti".into(), json!(random_id()));
+    c.insert("ver".into(), json!("2.0"));
+    let key = shared.lock().current_key().clone();
+    key.token(
+        &json!({"typ": "JWT", "alg": "RS256", "kid": key.kid}),
+        &Value::Object(c),
+    )
+}
+
 /// `overrides` keys replace defaults; a `null` value removes the key.
 fn merge_header(mut header: Map<String, Value>, overrides: &Value) -> Value {
     if let Value::Object(o) = overrides {

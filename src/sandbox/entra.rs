@@ -42,6 +42,7 @@ pub(crate) fn handle(shared: &Shared, req: &Incoming) -> Reply {
         KeysV2,
         KeysV1,
         Token,
+        Authorize,
     }
     let ep = match rest.as_slice() {
         ["v2.0", ".well-known", "openid-configuration"] => Ep::DiscoveryV2,
@@ -49,10 +50,13 @@ pub(crate) fn handle(shared: &Shared, req: &Incoming) -> Reply {
         ["discovery", "v2.0", "keys"] => Ep::KeysV2,
         ["discovery", "keys"] => Ep::KeysV1,
         ["oauth2", "v2.0", "token"] => Ep::Token,
+        ["oauth2", "v2.0", "authorize"] => Ep::Authorize,
         _ => return not_found(),
     };
-    if let Ep::Token = ep {
-        return token::handle(shared, tenant, req);
+    match ep {
+        Ep::Token => return token::handle(shared, tenant, req),
+        Ep::Authorize => return super::authorize::handle(shared, tenant, req),
+        _ => {}
     }
     if req.method != Method::GET && req.method != Method::HEAD {
         return reply(StatusCode::METHOD_NOT_ALLOWED, None, Vec::new());
@@ -70,7 +74,7 @@ pub(crate) fn handle(shared: &Shared, req: &Incoming) -> Reply {
         Ep::DiscoveryV1 => discovery(shared, tenant, &tref, false),
         Ep::KeysV2 => keys(shared, &tref, true),
         Ep::KeysV1 => keys(shared, &tref, false),
-        Ep::Token => not_found(),
+        Ep::Token | Ep::Authorize => not_found(),
     }
 }
 

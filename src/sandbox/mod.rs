@@ -2,6 +2,7 @@
 //! Only loopback listeners. Never imported by the gateway's request path, and it never logs or
 //! prints a secret or token (recorded calls redact them in `Debug`).
 
+mod authorize;
 mod claims;
 mod crypto;
 mod entra;
@@ -26,7 +27,7 @@ use tokio::task::JoinHandle;
 
 pub use tenant::{
     OperatorKind, SampleAdminUnit, SampleDevice, SampleGroup, SampleOperator, SampleTenant,
-    OPERATOR_APP_ROLE, OPERATOR_SCOPE, ZERO_GUID,
+    CONSOLE_AUDITOR_ROLE, OPERATOR_APP_ROLE, OPERATOR_SCOPE, ZERO_GUID,
 };
 
 use jwt::KeyPair;
@@ -154,6 +155,12 @@ pub(crate) struct State {
     pub(crate) graph_calls: Vec<RecordedCall>,
     pub(crate) entra_calls: Vec<RecordedCall>,
     pub(crate) fault: Fault,
+    /// Authorization codes issued to the console and not yet redeemed.
+    pub(crate) codes: std::collections::HashMap<String, authorize::IssuedCode>,
+    /// Redirect URIs registered on the console's app.
+    pub(crate) redirect_uris: Vec<String>,
+    /// ID tokens the authorization-code grant issued (tests look for them in logs).
+    pub(crate) issued_id_tokens: Vec<String>,
 }
 
 impl State {
@@ -170,6 +177,8 @@ pub(crate) struct Shared {
     pub(crate) authority_url: String,
     pub(crate) graph_url: String,
     pub(crate) client_secret: String,
+    /// Secret of the console's app registration (random per start).
+    pub(crate) console_client_secret: String,
     /// Signs Graph app tokens; deliberately not in any published JWKS.
     pub(crate) graph_key: KeyPair,
     pub(crate) state: Mutex<State>,
@@ -246,6 +255,7 @@ impl Sandbox {
             authority_url,
             graph_url,
             client_secret: token::random_client_secret(),
+            console_client_secret: token::random_client_secret(),
             graph_key,
             state: Mutex::new(State {
                 signing_keys: vec![signing],
@@ -257,6 +267,9 @@ impl Sandbox {
                 graph_calls: Vec::new(),
                 entra_calls: Vec::new(),
                 fault: Fault::None,
+                codes: std::collections::HashMap::new(),
+                redirect_uris: Vec::new(),
+                issued_id_tokens: Vec::new(),
             }),
         });
         let entra = server::spawn(entra_listener, shared.clone(), server::Side::Entra, None);
@@ -314,6 +327,19 @@ impl Sandbox {
         self.shared.client_secret.clone()
     }
 
+    /// Secret of the console's app registration (random per start).
+    pub fn console_client_secret(&self) -> String {
+        self.shared.console_client_secret.clone()
+    }
+
+    /// Registers a redirect URI on the console's app (exact match, as Entra's Web platform).
+    pub fn register_console_redirect_uri(&self, uri: &str) {
+        let mut st = self.shared.lock();
+        if !st.redirect_uris.iter().any(|r| r == uri) {
+            st.redirect_uris.push(uri.to_string());
+        }
+    }
+
     /// A valid v2 operator access token for the named sample operator.
     ///
     /// # Panics
@@ -359,6 +385,11 @@ impl Sandbox {
     /// Every request the Entra emulator received (discovery, keys, token).
     pub fn entra_calls(&self) -> Vec<RecordedCall> {
         self.shared.lock().entra_calls.clone()
+    }
+
+    /// ID tokens the authorization-code grant has issued to the console.
+    pub fn issued_id_tokens(&self) -> Vec<String> {
+        self.shared.lock().issued_id_tokens.clone()
     }
 
     /// App tokens the token endpoint has issued.

@@ -77,6 +77,9 @@ pub struct SampleTenant {
     pub gateway_app_client_id: String,
     /// Service principal object id of the privileged app (the app token's `oid`).
     pub gateway_app_sp_object_id: String,
+    /// The web console's app registration (a confidential Web client): the `aud` of the ID
+    /// tokens the authorization-code flow issues.
+    pub console_client_id: String,
     pub groups: Vec<SampleGroup>,
     pub admin_units: Vec<SampleAdminUnit>,
     pub operators: Vec<SampleOperator>,
@@ -97,6 +100,11 @@ const GROUP_FINANCE: &str = "67389342-3cee-4f7f-aa31-3945cebaa52c";
 const GROUP_EXECUTIVE: &str = "c1a7e2d4-5b8f-4e39-9a0c-2f6d8b4e1a73";
 /// The app role of the sandbox's approver (carol) for the executive-phones policy.
 pub const APPROVER_APP_ROLE: &str = "Passcode.Approve";
+const GROUP_WAREHOUSE: &str = "0d4f6a0e-5b1c-4f7e-9a53-2c8e1b7d4a90";
+const GROUP_HELPDESK_LEADS: &str = "b7e2c1d4-8a3f-4e6b-9c0d-1f2a3b4c5d6e";
+const GROUP_SECURITY_AUDITORS: &str = "4c1e9f27-3d8b-4a65-b0e2-7f9a6c3d2e18";
+/// The console's app role auditors may carry instead of the group (the ID token's `roles`).
+pub const CONSOLE_AUDITOR_ROLE: &str = "PassGate.Auditor";
 const AU_LOBBY: &str = "39d5adfb-223d-4843-aa1e-76ce72e6de42";
 const OPERATOR_CLI_APP: &str = "9791d56b-8586-4c2f-8fd8-25ab3e7d7230";
 
@@ -112,6 +120,9 @@ impl SampleTenant {
             group("Kiosk Devices - Lobby", GROUP_KIOSK_LOBBY, &[]),
             group("Finance Devices", GROUP_FINANCE, &[]),
             group("Executive Devices", GROUP_EXECUTIVE, &[]),
+            group("Warehouse Devices", GROUP_WAREHOUSE, &[]),
+            group("Helpdesk Leads", GROUP_HELPDESK_LEADS, &[]),
+            group("Security Auditors", GROUP_SECURITY_AUDITORS, &[]),
         ];
         let operators = vec![
             SampleOperator {
@@ -153,6 +164,28 @@ impl SampleTenant {
                 kind: OperatorKind::App,
                 client_app_id: s("65c4377f-8cc5-446e-972c-f0a4e874edd5"),
                 display_name: s("Kiosk Automation"),
+            },
+            // Approves helpdesk recoveries that need a second person (config/dev.yaml).
+            SampleOperator {
+                name: s("dana"),
+                upn: s("dana@contoso.onmicrosoft.com"),
+                oid: s("2e9b7c41-5d3a-4f86-a1c2-8b7e6d5f4a39"),
+                groups: vec![s(GROUP_HELPDESK_LEADS)],
+                roles: vec![],
+                kind: OperatorKind::User,
+                client_app_id: s(OPERATOR_CLI_APP),
+                display_name: s("Dana Lead"),
+            },
+            // Reads the audit trail in the console (group and app role both name her).
+            SampleOperator {
+                name: s("erin"),
+                upn: s("erin@contoso.onmicrosoft.com"),
+                oid: s("9a3c5e71-2b4d-4c8f-8e6a-0d1f3b5c7e92"),
+                groups: vec![s(GROUP_SECURITY_AUDITORS)],
+                roles: vec![s(CONSOLE_AUDITOR_ROLE)],
+                kind: OperatorKind::User,
+                client_app_id: s(OPERATOR_CLI_APP),
+                display_name: s("Erin Auditor"),
             },
         ];
         let devices = vec![
@@ -201,7 +234,7 @@ impl SampleTenant {
                 azure_ad_device_id: s("5e2a9c7b-1d4f-4a8e-b3c6-9f0e2d7a4b51"),
                 device_object_id: Some(s("8b4d1f6e-3a2c-4e7b-9d05-1c8f6a2e3b94")),
                 user_id: s("0f6c3e8a-2b7d-4f19-a5e4-7d3b9c1a6e02"),
-                user_principal_name: s("erin.exec@contoso.onmicrosoft.com"),
+                user_principal_name: s("ceo.office@contoso.onmicrosoft.com"),
                 operating_system: s("Windows Phone"),
                 os_version: s("10.0.15254.603"),
                 device_name: s("EXEC-WP-01"),
@@ -221,6 +254,20 @@ impl SampleTenant {
                 groups: vec![],
                 admin_units: vec![],
             },
+            // Recoverable by helpdesk only with a second person's approval (config/dev.yaml).
+            SampleDevice {
+                name: s("warehouse-phone"),
+                managed_device_id: s("c3a8e5f1-7b2d-4e9a-8c6f-1d0b3a5e7f24"),
+                azure_ad_device_id: s("5e7a9c1b-3d5f-4a8c-9e2b-6f1d3c5a7e90"),
+                device_object_id: Some(s("d1f3b5c7-9e2a-4c6e-8a0b-2d4f6a8c0e13")),
+                user_id: s("7b9d1f3a-5c7e-4a2b-9d4f-6a8c0e2b4d61"),
+                user_principal_name: s("warehouse.scanner@contoso.onmicrosoft.com"),
+                operating_system: s("Windows Phone"),
+                os_version: s("10.0.15254.603"),
+                device_name: s("WH-SCAN-07"),
+                groups: vec![s(GROUP_WAREHOUSE)],
+                admin_units: vec![],
+            },
         ];
         SampleTenant {
             tenant_id: s("cdd6998a-1fe9-48f6-915d-b7a5b7552116"),
@@ -230,6 +277,7 @@ impl SampleTenant {
             api_app_id_uri: s("api://passgate"),
             gateway_app_client_id: s("67028afe-0440-48e7-b043-4048e31efe88"),
             gateway_app_sp_object_id: s("9f32362a-9d1b-4673-ab64-77ebcbe9b6c2"),
+            console_client_id: s("3f6b8d0e-2a4c-4e6a-8b1d-5c7e9f1a3b50"),
             groups,
             admin_units: vec![SampleAdminUnit {
                 name: s("Lobby"),

@@ -114,13 +114,7 @@ pub(crate) fn handle(shared: &Shared, tenant: &str, req: &Incoming) -> Reply {
         );
     }
     match issue(shared, tenant, req) {
-        Ok(token) => {
-            let body = json!({
-                "token_type": "Bearer",
-                "expires_in": APP_TOKEN_LIFETIME,
-                "ext_expires_in": APP_TOKEN_LIFETIME,
-                "access_token": token,
-            });
+        Ok(body) => {
             let mut r = reply(
                 StatusCode::OK,
                 Some("application/json; charset=utf-8"),
@@ -153,7 +147,7 @@ fn basic_credentials(req: &Incoming) -> Option<(String, String)> {
     Some((dec(id), dec(secret)))
 }
 
-fn issue(shared: &Shared, tenant: &str, req: &Incoming) -> Result<String, Refusal> {
+fn issue(shared: &Shared, tenant: &str, req: &Incoming) -> Result<Value, Refusal> {
     if req.method != Method::POST {
         return Err(Refusal(
             StatusCode::BAD_REQUEST,
@@ -182,6 +176,9 @@ fn issue(shared: &Shared, tenant: &str, req: &Incoming) -> Result<String, Refusa
             .filter(|v| !v.is_empty())
     };
     let grant = param("grant_type").ok_or_else(|| missing("grant_type"))?;
+    if grant == "authorization_code" {
+        return redeem_code(shared, req, &param);
+    }
     if grant != "client_credentials" {
         return Err(Refusal(
             StatusCode::BAD_REQUEST,
@@ -271,7 +268,168 @@ fn issue(shared: &Shared, tenant: &str, req: &Incoming) -> Result<String, Refusa
             ),
         ));
     }
-    Ok(app_token(shared, acr))
+    Ok(json!({
+        "token_type": "Bearer",
+        "expires_in": APP_TOKEN_LIFETIME,
+        "ext_expires_in": APP_TOKEN_LIFETIME,
+        "access_token": app_token(shared, acr),
+    }))
+}
+
+/// The authorization-code grant for the console (graph-notes §6): the console's client
+/// credentials (secret, post or Basic, or a client assertion), the one-use code with its
+/// redirect URI, and the PKCE verifier. Answers an ID token for the signed-in user and an access
+/// token for Graph's userinfo, as Entra does for `openid profile`.
+fn redeem_code<'a>(
+    shared: &Shared,
+    req: &Incoming,
+    param: &dyn Fn(&str) -> Option<&'a str>,
+) -> Result<Value, Refusal> {
+    let t = &shared.tenant;
+    let basic = basic_credentials(req);
+    let client_id = match &basic {
+        Some((id, _)) => id.clone(),
+        None => param("client_id")
+            .ok_or_else(|| missing("client_id"))?
+            .to_string(),
+    };
+    if !client_id.eq_ignore_ascii_case(&t.console_client_id) {
+        return Err(Refusal(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            700016,
+            format!(
+                "Application with identifier '{client_id}' was not found in the directory '{}'.",
+                t.display_name
+            ),
+        ));
+    }
+    let secret = basic
+        .as_ref()
+        .map(|(_, s)| s.clone())
+        .or_else(|| param("client_secret").map(str::to_string));
+    match (secret, param("client_assertion")) {
+        (Some(s), None) => {
+            if sha256(s.as_bytes()) != sha256(shared.console_client_secret.as_bytes()) {
+                return Err(invalid_client(
+                    7000215,
+                    format!(
+                        "Invalid client secret provided. Ensure the secret being sent in the \
+                         request is the client secret value, not the client secret ID, for a \
+                         secret added to app '{}'.",
+                        t.console_client_id
+                    ),
+                ));
+            }
+        }
+        (None, Some(assertion)) => {
+            if param("client_assertion_type") != Some(JWT_BEARER) {
+                return Err(Refusal(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    700024,
+                    format!("Client assertion type must be '{JWT_BEARER}'."),
+                ));
+            }
+            check_assertion(shared, &client_id, assertion)?;
+        }
+        (Some(_), Some(_)) => {
+            return Err(Refusal(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                900023,
+                "Specified client authentication methods are conflicting: use either \
+                 'client_secret' or 'client_assertion'."
+                    .into(),
+            ))
+        }
+        (None, None) => {
+            return Err(invalid_client(
+                7000218,
+                "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+            ))
+        }
+    }
+    let code = param("code").ok_or_else(|| missing("code"))?;
+    let bad_grant = |code: u32, msg: &str| {
+        Refusal(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            code,
+            msg.to_string(),
+        )
+    };
+    // One use: the code is gone whatever happens next.
+    let issued = shared.lock().codes.remove(code).ok_or_else(|| {
+        bad_grant(
+            54005,
+            "OAuth2 Authorization code was already redeemed, please retry with a new valid code or use an existing refresh token.",
+        )
+    })?;
+    if !super::authorize::fresh(&issued, now()) {
+        return Err(bad_grant(
+            70008,
+            "The provided authorization code or refresh token has expired due to inactivity. Send a new interactive authorization request for this user and resource.",
+        ));
+    }
+    if !issued.client_id.eq_ignore_ascii_case(&client_id) {
+        return Err(bad_grant(
+            70000,
+            "The provided value for the 'code' parameter is not valid. The code was issued to a different client.",
+        ));
+    }
+    if param("redirect_uri") != Some(issued.redirect_uri.as_str()) {
+        return Err(bad_grant(
+            70000,
+            "The provided value for the input parameter 'redirect_uri' is not valid. The expected value is a URI which matches a redirect URI registered for this client application.",
+        ));
+    }
+    if let Some(challenge) = &issued.code_challenge {
+        let verifier = param("code_verifier").ok_or_else(|| {
+            bad_grant(
+                50148,
+                "The code_verifier does not match the code_challenge supplied in the authorization request for PKCE.",
+            )
+        })?;
+        if !super::authorize::pkce_matches(verifier, challenge) {
+            return Err(bad_grant(
+                501481,
+                "The Code_Verifier does not match the code_challenge supplied in the authorization request.",
+            ));
+        }
+    }
+    let user = t
+        .operator(&issued.user)
+        .ok_or_else(|| bad_grant(50034, "The user account does not exist in the directory."))?;
+    let id_token = super::claims::id_token(shared, user, issued.nonce.as_deref());
+    shared.lock().issued_id_tokens.push(id_token.clone());
+    Ok(json!({
+        "token_type": "Bearer",
+        "scope": issued.scope,
+        "expires_in": APP_TOKEN_LIFETIME,
+        "ext_expires_in": APP_TOKEN_LIFETIME,
+        "access_token": userinfo_token(shared, &user.oid),
+        "id_token": id_token,
+    }))
+}
+
+/// A delegated Graph token for userinfo (signed with the unpublished Graph key, as Graph's own
+/// tokens cannot be validated by third parties). The console never uses it.
+fn userinfo_token(shared: &Shared, oid: &str) -> String {
+    let t = &shared.tenant;
+    let iat = now();
+    let claims = json!({
+        "aud": "00000003-0000-0000-c000-000000000000",
+        "iss": format!("https://sts.windows.net/{}/", t.tenant_id),
+        "iat": iat, "nbf": iat, "exp": iat + APP_TOKEN_LIFETIME,
+        "appid": t.console_client_id, "idtyp": "user", "oid": oid,
+        "scp": "openid profile User.Read email", "tid": t.tenant_id, "ver": "1.0",
+    });
+    let key = &shared.graph_key;
+    key.token(
+        &json!({"typ": "JWT", "alg": "RS256", "kid": key.kid}),
+        &claims,
+    )
 }
 
 fn claim_str<'a>(claims: &'a Value, name: &str) -> Option<&'a str> {

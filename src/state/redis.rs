@@ -514,3 +514,5 @@ impl WindowStore for RedisStore {
 
 #[path = "redis_approvals.rs"]
 mod approvals;
+#[path = "redis_sessions.rs"]
+mod sessions;

@@ -97,6 +97,7 @@ pub async fn start_with(config_text: Option<String>) -> DevEnv {
         audit_log: Some(dir.join("audit.jsonl")),
         config_text,
         admin_listen: Some("127.0.0.1:0".into()),
+        console_listen: Some("127.0.0.1:0".into()),
     })
     .await
     .expect("dev environment starts")
@@ -215,9 +216,27 @@ pub fn serve_yaml(sandbox: &passgate::sandbox::Sandbox, audit: &std::path::Path)
             "path: \"/tmp/passgate-dev-audit.jsonl\"",
             &format!("path: \"{}\"", audit.display()),
             1,
+        )
+        // The console on a free port, its (unused here) secret in a file beside the audit log.
+        .replacen(
+            "  listen: \"127.0.0.1:8081\"",
+            "  listen: \"127.0.0.1:0\"",
+            1,
+        )
+        .replacen(
+            "env:PASSGATE_SANDBOX_CONSOLE_SECRET",
+            &format!("file:{}", console_secret_file(audit).display()),
+            1,
         );
     assert!(text.contains(&sandbox.graph_url()) && text.contains(&audit.display().to_string()));
     format!("{text}\nadmin:\n  listen: \"127.0.0.1:0\"\n")
+}
+
+/// A file holding a console client secret next to `audit`, for configs run by the binary.
+pub fn console_secret_file(audit: &std::path::Path) -> std::path::PathBuf {
+    let p = audit.with_file_name("console.secret");
+    std::fs::write(&p, "not-the-sandbox-console-secret").expect("console secret file");
+    p
 }
 
 /// The secret env var the dev config references.
