@@ -499,7 +499,7 @@ const CSV_HEADER: [&str; 17] = [
     "justification",
 ];
 
-/// Free text an operator wrote, for a CSV cell: a leading `=`, `+`, `-`, `@`, tab or CR would make
+/// Text for a CSV cell: a leading `=`, `+`, `-`, `@`, tab or CR would make
 /// a spreadsheet read it as a formula, so such a value gets a leading `'` (OWASP's advice).
 fn csv_text(v: &str) -> String {
     if v.starts_with(['=', '+', '-', '@', '\t', '\r']) {
@@ -523,7 +523,6 @@ fn render_csv(result: &SearchResult, out: &mut dyn Write) -> io::Result<()> {
     out.write_all(b"\r\n")?;
     for h in &result.hits {
         let r = row(h);
-        let justification = csv_text(&r.justification);
         let fields = [
             &r.time,
             &r.seq,
@@ -541,9 +540,11 @@ fn render_csv(result: &SearchResult, out: &mut dyn Write) -> io::Result<()> {
             &r.latency_ms,
             &r.error,
             &r.count,
-            &justification,
+            &r.justification,
         ];
-        let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+        // Every cell, not only free text: a UPN or an error text from the trail could start a
+        // formula too, and the console exports this same CSV.
+        let line: Vec<String> = fields.iter().map(|f| csv_field(&csv_text(f))).collect();
         out.write_all(line.join(",").as_bytes())?;
         out.write_all(b"\r\n")?;
     }
