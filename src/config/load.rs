@@ -677,6 +677,32 @@ impl Validator<'_> {
         })
     }
 
+    /// A duration (`30m`, `24h`) within `min..=max`, or a located error with `hint`.
+    fn bounded_duration(
+        &self,
+        at: &KeyPath,
+        text: &str,
+        min: Duration,
+        max: Duration,
+        hint: &str,
+    ) -> R<Duration> {
+        let d = parse_duration(text).map_err(|(m, h)| self.err(at, true, m, &h))?;
+        if d < min || d > max {
+            return Err(self.err(
+                at,
+                true,
+                format!(
+                    "`{}` is outside {}..={}",
+                    text.trim(),
+                    show_duration(min),
+                    show_duration(max)
+                ),
+                hint,
+            ));
+        }
+        Ok(d)
+    }
+
     /// Each policy's `approval:` block, by policy name.
     fn approvals(
         &self,
@@ -693,22 +719,7 @@ impl Validator<'_> {
             }
             let (users, groups, app_roles) = self.operators(&ap, p.name.trim(), o)?;
             let bounded = |key: &str, text: &str, min: Duration, max: Duration, what: &str| {
-                let d =
-                    parse_duration(text).map_err(|(m, h)| self.err(&path.key(key), true, m, &h))?;
-                if d < min || d > max {
-                    return Err(self.err(
-                        &path.key(key),
-                        true,
-                        format!(
-                            "`{}` is outside {}..={}",
-                            text.trim(),
-                            show_duration(min),
-                            show_duration(max)
-                        ),
-                        what,
-                    ));
-                }
-                Ok(d)
+                self.bounded_duration(&path.key(key), text, min, max, what)
             };
             let valid_for = bounded(
                 "valid_for",

@@ -4,7 +4,7 @@
 
 use super::super::console::{ConsoleConfig, ConsoleSettings};
 use super::super::locate::KeyPath;
-use super::{parse_duration, show_duration, Validator, R};
+use super::{Validator, R};
 use crate::approval::ApproverSet;
 use std::time::Duration;
 
@@ -112,21 +112,7 @@ impl Validator<'_> {
                 .collect(),
         };
         let bounded = |key: &str, text: &str, min: Duration, max: Duration, what: &str| {
-            let d = parse_duration(text).map_err(|(m, h)| self.err(&path.key(key), true, m, &h))?;
-            if d < min || d > max {
-                return Err(self.err(
-                    &path.key(key),
-                    true,
-                    format!(
-                        "`{}` is outside {}..={}",
-                        text.trim(),
-                        show_duration(min),
-                        show_duration(max)
-                    ),
-                    what,
-                ));
-            }
-            Ok(d)
+            self.bounded_duration(&path.key(key), text, min, max, what)
         };
         let idle_timeout = bounded(
             "session_idle_timeout",
