@@ -627,36 +627,47 @@ impl Gateway {
         if !unauthenticated {
             return None;
         }
-        let Charge::Throttled {
-            retry_after,
-            opened,
-        } = self.preauth.charge(inbound.conn.client_ip, refusal.reason)
-        else {
-            return None;
-        };
-        self.metrics
-            .unauthenticated_throttled
-            .with_label_values(&[refusal.reason.as_str()])
-            .inc();
-        if opened {
-            // One line per client and reason per summary interval, never one per request.
-            tracing::warn!(client_ip = %inbound.conn.client_ip, reason = refusal.reason.as_str(), "too many refusals before authentication from this client; answering 429 and summarising");
-        }
-        let secs = retry_after.as_secs().max(1);
-        let mut headers = HeaderMap::new();
-        headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
-        let resp = answer::error(
-            inbound,
-            Reason::UnauthenticatedThrottled,
-            &format!("too many unauthenticated or malformed requests from this client address; retry in {secs} s"),
-            headers,
-        );
+        let resp = self.charge_unauthenticated(inbound, refusal.reason)?;
         let verdict = Verdict::of(
             refusal.known.action.as_ref(),
             "deny",
             Reason::UnauthenticatedThrottled,
         );
         Some((resp, verdict))
+    }
+
+    /// Charges one refusal before authentication to the client's budget; past it, the 429 that
+    /// replaces the refusal (counted, no record of its own). Shared by the action and the
+    /// approvals API.
+    pub(super) fn charge_unauthenticated(
+        &self,
+        inbound: &Inbound,
+        reason: Reason,
+    ) -> Option<Response<Full<Bytes>>> {
+        let Charge::Throttled {
+            retry_after,
+            opened,
+        } = self.preauth.charge(inbound.conn.client_ip, reason)
+        else {
+            return None;
+        };
+        self.metrics
+            .unauthenticated_throttled
+            .with_label_values(&[reason.as_str()])
+            .inc();
+        if opened {
+            // One line per client and reason per summary interval, never one per request.
+            tracing::warn!(client_ip = %inbound.conn.client_ip, reason = reason.as_str(), "too many refusals before authentication from this client; answering 429 and summarising");
+        }
+        let secs = retry_after.as_secs().max(1);
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+        Some(answer::error(
+            inbound,
+            Reason::UnauthenticatedThrottled,
+            &format!("too many unauthenticated or malformed requests from this client address; retry in {secs} s"),
+            headers,
+        ))
     }
 
     /// Records a refusal, then answers it. If even that record cannot be written, answers 503.

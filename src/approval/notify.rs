@@ -130,19 +130,3 @@ impl Notifier {
         });
     }
 }
-
-impl Default for Notifier {
-    /// No webhooks (tests, policies without `notify`).
-    fn default() -> Notifier {
-        Notifier {
-            client: None,
-            urls: Arc::default(),
-            default_url: None,
-            results: prometheus::IntCounterVec::new(
-                prometheus::Opts::new("unused_notifications_total", "unused"),
-                &["result"],
-            )
-            .expect("static metric definition"),
-        }
-    }
-}

@@ -7,7 +7,6 @@ use super::answer;
 use super::Gateway;
 use crate::approval::api::{self, ApiError, Call};
 use crate::error::Reason;
-use crate::flood::Charge;
 use crate::lifecycle::Inbound;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
@@ -100,28 +99,8 @@ impl Gateway {
         unauthenticated: bool,
     ) -> (Response<Full<Bytes>>, Reason) {
         if unauthenticated && e.reason.status().is_client_error() {
-            if let Charge::Throttled { retry_after, .. } =
-                self.preauth.charge(inbound.conn.client_ip, e.reason)
-            {
-                self.metrics
-                    .unauthenticated_throttled
-                    .with_label_values(&[e.reason.as_str()])
-                    .inc();
-                let mut h = HeaderMap::new();
-                h.insert(
-                    http::header::RETRY_AFTER,
-                    HeaderValue::from(retry_after.as_secs().max(1)),
-                );
-                let reason = Reason::UnauthenticatedThrottled;
-                return (
-                    answer::error(
-                        inbound,
-                        reason,
-                        "too many unauthenticated or malformed requests from this client address",
-                        h,
-                    ),
-                    reason,
-                );
+            if let Some(resp) = self.charge_unauthenticated(inbound, e.reason) {
+                return (resp, Reason::UnauthenticatedThrottled);
             }
         }
         let mut h = HeaderMap::new();
