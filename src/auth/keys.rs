@@ -40,9 +40,6 @@ pub struct PublishedKey {
     /// The RSA modulus and exponent (big-endian), decoded once at fetch, for `ring`'s verifier.
     /// `None` for a key that is not RSA (then it can verify nothing passgate accepts).
     pub rsa: Option<RsaComponents>,
-    /// SHA-256 of the key's JSON, computed once at fetch: identifies the key in the
-    /// verified-signature cache without re-serialising it on every request.
-    pub fingerprint: [u8; 32],
 }
 
 /// An RSA public key as `ring` takes it.
@@ -93,7 +90,9 @@ impl RsaComponents {
 
 #[derive(Default)]
 struct Snapshot {
-    keys: HashMap<String, PublishedKey>,
+    /// Shared, so a lookup per request costs a reference count, not a copy of the key (its JWK
+    /// with the certificate chain). A refresh replaces every entry with a new `Arc`.
+    keys: HashMap<String, Arc<PublishedKey>>,
     issuer: Option<String>,
     fetched_at: Option<Instant>,
 }
@@ -162,7 +161,7 @@ impl KeyStore {
             .unwrap_or(false)
     }
 
-    fn lookup(&self, kid: &str) -> Option<PublishedKey> {
+    fn lookup(&self, kid: &str) -> Option<Arc<PublishedKey>> {
         self.state
             .read()
             .ok()
@@ -177,7 +176,7 @@ impl KeyStore {
     }
 
     /// Finds the key for `kid`, refreshing (rate-limited) when it is unknown or the set is old.
-    pub async fn key(&self, kid: &str) -> Option<PublishedKey> {
+    pub async fn key(&self, kid: &str) -> Option<Arc<PublishedKey>> {
         if !self.is_stale() {
             if let Some(k) = self.lookup(kid) {
                 return Some(k);
@@ -243,7 +242,7 @@ impl KeyStore {
         Ok(resp.body)
     }
 
-    async fn fetch(&self) -> Result<(String, HashMap<String, PublishedKey>), KeyError> {
+    async fn fetch(&self) -> Result<(String, HashMap<String, Arc<PublishedKey>>), KeyError> {
         let url = self.discovery_url.as_str();
         let doc = self.get_json("OIDC discovery document", url).await?;
         let meta: CoreProviderMetadata =
@@ -295,15 +294,11 @@ impl KeyStore {
                 let kid = kid.as_str().to_string();
                 keys.insert(
                     kid.clone(),
-                    PublishedKey {
+                    Arc::new(PublishedKey {
                         jwk: jwk.clone(),
                         issuer: issuers.get(&kid).cloned(),
                         rsa: components.get(&kid).cloned(),
-                        fingerprint: {
-                            use sha2::Digest;
-                            sha2::Sha256::digest(serde_json::to_vec(jwk).unwrap_or_default()).into()
-                        },
-                    },
+                    }),
                 );
             }
         }

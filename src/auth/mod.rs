@@ -51,6 +51,7 @@ use crate::error::Reason;
 use openidconnect::core::CoreJwsSigningAlgorithm;
 use openidconnect::JsonWebKey;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Why a token was refused: a stable reason and a description safe to put in
 /// `WWW-Authenticate` (it never contains the token or any claim value).
@@ -94,7 +95,7 @@ pub struct AuthSettings {
     pub v1_issuer: String,
     pub algorithms: Vec<String>,
     pub token_types: Vec<String>,
-    pub leeway: std::time::Duration,
+    pub leeway: Duration,
     pub required_scope: Option<String>,
 }
 
@@ -102,14 +103,43 @@ pub struct AuthSettings {
 pub struct Authenticator {
     settings: AuthSettings,
     keys: Arc<keys::KeyStore>,
-    /// SHA-256 of (key JSON, signing input, signature) for signatures already verified: a token
-    /// is re-presented for its whole lifetime, and RS256 verification dominates CPU. Positive
-    /// results only; the key is still looked up (so a withdrawn key still fails) and the claims
-    /// (exp/nbf) are still checked on every request.
-    verified: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
+    /// Tokens accepted before, by SHA-256 of the whole token: a token is re-presented for its
+    /// whole lifetime, and decoding, the signature check and the claim rules dominate its CPU.
+    /// Positive results only. Every hit re-checks what can change after acceptance — the
+    /// signing key must still be the very key object that verified it (any key refresh, which
+    /// also brings the issuer, replaces every key) and `exp`/`nbf` against the clock — and the
+    /// claim rules are this authenticator's own (a reload builds a new one with an empty cache).
+    accepted: std::sync::Mutex<std::collections::HashMap<[u8; 32], Accepted>>,
 }
 
-const VERIFIED_CACHE_MAX: usize = 10_000;
+/// A token that passed every check, as [`Authenticator::authenticate`] remembers it.
+struct Accepted {
+    kid: String,
+    key: Arc<keys::PublishedKey>,
+    exp: i64,
+    nbf: Option<i64>,
+    operator: Operator,
+}
+
+impl Accepted {
+    /// Whether the acceptance still holds at `now` (unix seconds) with `current` the key now
+    /// published under its kid: the very key object that verified it, and within `exp`/`nbf`
+    /// with the leeway — the same comparisons `token::check_claims` makes.
+    fn stands(
+        &self,
+        current: Option<&Arc<keys::PublishedKey>>,
+        now: i64,
+        leeway: Duration,
+    ) -> bool {
+        let leeway = i64::try_from(leeway.as_secs()).unwrap_or(i64::MAX);
+        current.is_some_and(|k| Arc::ptr_eq(k, &self.key))
+            && now <= self.exp.saturating_add(leeway)
+            && self.nbf.is_none_or(|nbf| now.saturating_add(leeway) >= nbf)
+    }
+}
+
+/// Most tokens remembered; past it the cache starts over (tokens are re-verified, never refused).
+const ACCEPTED_CACHE_MAX: usize = 10_000;
 
 fn jws_alg(name: &str) -> Option<CoreJwsSigningAlgorithm> {
     Some(match name {
@@ -128,7 +158,7 @@ impl Authenticator {
         Authenticator {
             settings,
             keys,
-            verified: std::sync::Mutex::new(std::collections::HashSet::new()),
+            accepted: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -143,6 +173,13 @@ impl Authenticator {
     /// Authenticates the request's bearer token.
     pub async fn authenticate(&self, headers: &http::HeaderMap) -> Result<Operator, AuthError> {
         let raw = token::bearer_from_headers(headers)?;
+        let digest: [u8; 32] = {
+            use sha2::{Digest, Sha256};
+            Sha256::digest(raw.as_bytes()).into()
+        };
+        if let Some(op) = self.remembered(&digest).await {
+            return Ok(op);
+        }
         let t = token::decode(raw)?;
         token::check_header(
             &t.header,
@@ -171,45 +208,20 @@ impl Authenticator {
                 ))
             }
         };
-        let fingerprint: [u8; 32] = {
-            use sha2::{Digest, Sha256};
-            let mut h = Sha256::new();
-            h.update(key.fingerprint);
-            h.update([0]);
-            h.update(t.header.alg.as_bytes());
-            h.update([0]);
-            h.update(t.signing_input);
-            h.update([0]);
-            h.update(&t.signature);
-            h.finalize().into()
+        // ring (rustls' provider) for RSA; a key without RSA components verifies nothing
+        // passgate accepts (the algorithm allow-list is RS*/PS* only).
+        let valid = match &key.rsa {
+            Some(rsa) => rsa.verify(&t.header.alg, t.signing_input, &t.signature),
+            None => key
+                .jwk
+                .verify_signature(&alg, t.signing_input, &t.signature)
+                .is_ok(),
         };
-        let known = self
-            .verified
-            .lock()
-            .map(|c| c.contains(&fingerprint))
-            .unwrap_or(false);
-        if !known {
-            // ring (rustls' provider) for RSA; a key without RSA components verifies nothing
-            // passgate accepts (the algorithm allow-list is RS*/PS* only).
-            let valid = match &key.rsa {
-                Some(rsa) => rsa.verify(&t.header.alg, t.signing_input, &t.signature),
-                None => key
-                    .jwk
-                    .verify_signature(&alg, t.signing_input, &t.signature)
-                    .is_ok(),
-            };
-            if !valid {
-                return Err(AuthError::new(
-                    Reason::TokenBadSignature,
-                    "token signature is invalid",
-                ));
-            }
-            if let Ok(mut c) = self.verified.lock() {
-                if c.len() >= VERIFIED_CACHE_MAX {
-                    c.clear();
-                }
-                c.insert(fingerprint);
-            }
+        if !valid {
+            return Err(AuthError::new(
+                Reason::TokenBadSignature,
+                "token signature is invalid",
+            ));
         }
         let v2_issuer = self
             .keys
@@ -239,6 +251,103 @@ impl Authenticator {
                 }
             }
         }
+        // check_claims has just read both as valid numbers (exp is required).
+        if let Ok(Some(exp)) = token::numeric(&t.claims, "exp") {
+            let nbf = token::numeric(&t.claims, "nbf").ok().flatten();
+            if let Ok(mut c) = self.accepted.lock() {
+                if c.len() >= ACCEPTED_CACHE_MAX {
+                    c.clear();
+                }
+                c.insert(
+                    digest,
+                    Accepted {
+                        kid: kid.to_string(),
+                        key,
+                        exp,
+                        nbf,
+                        operator: op.clone(),
+                    },
+                );
+            }
+        }
         Ok(op)
+    }
+
+    /// The operator of a token accepted before, if it still stands: same key object published
+    /// under its kid, and within `exp`/`nbf` (with the leeway). `None` sends the token through
+    /// the full checks (which give the precise refusal); an expired one is forgotten.
+    async fn remembered(&self, digest: &[u8; 32]) -> Option<Operator> {
+        let (kid, key) = match self.accepted.lock() {
+            Ok(c) => match c.get(digest) {
+                Some(a) => (a.kid.clone(), a.key.clone()),
+                None => return None,
+            },
+            Err(_) => return None,
+        };
+        let current = self.keys.key(&kid).await;
+        let now = chrono::Utc::now().timestamp();
+        let mut c = self.accepted.lock().ok()?;
+        let a = c.get(digest)?;
+        if Arc::ptr_eq(&a.key, &key) && a.stands(current.as_ref(), now, self.settings.leeway) {
+            return Some(a.operator.clone());
+        }
+        c.remove(digest);
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> Arc<keys::PublishedKey> {
+        let jwk: openidconnect::core::CoreJsonWebKey = serde_json::from_value(serde_json::json!({
+            "kty": "RSA", "kid": "k1", "use": "sig", "n": "sXch", "e": "AQAB"
+        }))
+        .expect("jwk");
+        Arc::new(keys::PublishedKey {
+            jwk,
+            issuer: None,
+            rsa: None,
+        })
+    }
+
+    fn accepted(key: &Arc<keys::PublishedKey>, exp: i64, nbf: Option<i64>) -> Accepted {
+        Accepted {
+            kid: "k1".into(),
+            key: key.clone(),
+            exp,
+            nbf,
+            operator: Operator {
+                oid: "o".into(),
+                tid: "t".into(),
+                kind: OperatorKind::User,
+                upn: None,
+                client_app_id: None,
+                groups: vec![],
+                groups_overage: false,
+                roles: vec![],
+                scopes: vec![],
+                token_version: TokenVersion::V2,
+            },
+        }
+    }
+
+    #[test]
+    fn a_remembered_token_stands_only_with_its_own_key_and_within_its_times() {
+        let k = key();
+        let leeway = Duration::from_secs(60);
+        let a = accepted(&k, 1_000, Some(500));
+        assert!(a.stands(Some(&k), 900, leeway));
+        // exp and nbf with the leeway, at and past the edges (check_claims' comparisons).
+        assert!(a.stands(Some(&k), 1_060, leeway));
+        assert!(!a.stands(Some(&k), 1_061, leeway));
+        assert!(a.stands(Some(&k), 440, leeway));
+        assert!(!a.stands(Some(&k), 439, leeway));
+        // The kid withdrawn, or re-published by a refresh (a new key object, maybe another
+        // key or issuer under the same kid): the token goes through every check again.
+        assert!(!a.stands(None, 900, leeway));
+        assert!(!a.stands(Some(&key()), 900, leeway));
+        assert!(accepted(&k, 1_000, None).stands(Some(&k), 0, leeway));
     }
 }

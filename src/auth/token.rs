@@ -186,7 +186,7 @@ fn claim_strings(claims: &Map<String, Value>, k: &str) -> Vec<String> {
 /// NumericDate; a float like `1e300` would otherwise saturate to `i64::MAX` and "never expire".
 const MAX_NUMERIC_DATE: i64 = 253_402_300_799;
 
-fn numeric(claims: &Map<String, Value>, k: &str) -> Result<Option<i64>, AuthError> {
+pub(crate) fn numeric(claims: &Map<String, Value>, k: &str) -> Result<Option<i64>, AuthError> {
     match claims.get(k) {
         None => Ok(None),
         Some(v) => v
