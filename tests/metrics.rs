@@ -120,6 +120,8 @@ async fn counters_and_histograms_follow_real_traffic() {
         503
     );
     env.sandbox.set_fault(Fault::None);
+    // Outcome records are answered once written; wait for their fsync before counting.
+    env.gateway().audit.sync().await.expect("audit sync");
 
     let m = scrape(&env).await;
     let req = |labels: &[&str]| metric_value(&m, "passgate_requests_total", labels);

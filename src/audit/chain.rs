@@ -15,6 +15,7 @@ use super::line::{build_line, LineKind, LineParts};
 use super::writer::Shared;
 
 /// A record made durable: its seq and line hash.
+#[derive(Clone)]
 pub(super) struct Committed {
     pub(super) seq: u64,
     pub(super) hash: String,
@@ -53,8 +54,9 @@ impl Chain {
         &mut self,
         entries: &[(LineKind, &str)],
         shared: &Shared,
+        written: impl FnOnce(&[Committed]),
     ) -> Result<Vec<Committed>, WriteFailure> {
-        let result = self.commit_inner(entries, shared);
+        let result = self.commit_inner(entries, shared, written);
         if let Err(f) = &result {
             shared.count_failure(f.kind());
         }
@@ -68,6 +70,7 @@ impl Chain {
         &mut self,
         entries: &[(LineKind, &str)],
         shared: &Shared,
+        written: impl FnOnce(&[Committed]),
     ) -> Result<Vec<Committed>, WriteFailure> {
         if self.needs_truncate {
             if let Err(e) = self.restore() {
@@ -114,7 +117,7 @@ impl Chain {
             });
             return Err(WriteFailure::new(&self.path, WriteStep::DirSync, e));
         }
-        match self.write_and_sync(&buf, shared) {
+        match self.write_and_sync(&buf, shared, || written(&done)) {
             Ok(()) => {
                 self.len += buf.len() as u64;
                 self.seq = seq;
@@ -138,11 +141,19 @@ impl Chain {
         }
     }
 
-    fn write_and_sync(&mut self, buf: &[u8], shared: &Shared) -> Result<(), WriteFailure> {
+    /// Writes the batch, calls `written` (the bytes are in the file, not yet durable), then
+    /// fsyncs.
+    fn write_and_sync(
+        &mut self,
+        buf: &[u8],
+        shared: &Shared,
+        written: impl FnOnce(),
+    ) -> Result<(), WriteFailure> {
         let fail = |step, e| WriteFailure::new(&self.path, step, e);
         self.file
             .write_all(buf)
             .map_err(|e| fail(WriteStep::Write, e))?;
+        written();
         if shared.take_injected_failure() {
             return Err(fail(
                 WriteStep::Fsync,

@@ -29,7 +29,7 @@ impl Chain {
                 source,
             })?;
         let fields = record_fields(&rec)?;
-        self.commit(&[(LineKind::Recovery, &fields)], shared)?;
+        self.commit(&[(LineKind::Recovery, &fields)], shared, |_| {})?;
         Ok(())
     }
 

@@ -228,6 +228,56 @@ async fn outcome_record_has_kind_outcome_and_request_id() {
     assert_eq!(verify_file(&path).unwrap().records, 2);
 }
 
+/// The answer to an allowed request waits for its outcome record to be written, not for the
+/// fsync after it; decision records, and `sync`, wait for the fsync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcome_records_are_answered_when_written_and_sync_waits_for_the_disk() {
+    let (_dir, path) = tmp_log();
+    let log = AuditLog::open(&path).unwrap();
+    // Hold the writer right after each fsync, before it answers the batch's other records.
+    let (gate, held) = std::sync::mpsc::channel::<()>();
+    let held = std::sync::Mutex::new(held);
+    let (fsynced_tx, fsynced) = std::sync::mpsc::channel::<()>();
+    let fsynced_tx = std::sync::Mutex::new(fsynced_tx);
+    log.set_fsync_observer(std::sync::Arc::new(move |_| {
+        let _ = fsynced_tx.lock().map(|t| t.send(()));
+        let _ = held.lock().map(|h| h.recv());
+    }));
+    let outcome = OutcomeRecord {
+        request_id: "req-1".into(),
+        status: 204,
+        graph_request_id: None,
+        latency_ms: 1.0,
+        error: None,
+    };
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        log.record_outcome(outcome),
+    )
+    .await
+    .expect("an outcome is answered while its batch's fsync is still being reported")
+    .unwrap();
+    assert_eq!(lines(&path).len(), 1, "written to the file when answered");
+    let decision_log = log.clone();
+    let decided =
+        tokio::spawn(async move { decision_log.record_decision(decision("req-2")).await });
+    let sync_log = log.clone();
+    let synced = tokio::spawn(async move { sync_log.sync().await });
+    // The outcome's batch is held after its fsync: the decision and the barrier wait behind it.
+    tokio::task::spawn_blocking(move || fsynced.recv().expect("first fsync"))
+        .await
+        .unwrap();
+    assert!(!decided.is_finished() && !synced.is_finished());
+    gate.send(()).unwrap(); // the outcome's batch
+    gate.send(()).unwrap(); // the decision's batch (the barrier may share it)
+    gate.send(()).unwrap(); // spare, should the barrier get a batch of its own
+    decided.await.unwrap().unwrap();
+    synced.await.unwrap().unwrap();
+    assert_eq!(log.stats().records_written, 2, "both durable after sync");
+    log.close();
+    assert_eq!(verify_file(&path).unwrap().records, 2);
+}
+
 #[tokio::test]
 async fn reopen_continues_the_chain() {
     let (_dir, path) = tmp_log();

@@ -121,7 +121,9 @@ impl Shared {
 }
 
 struct Job {
-    kind: LineKind,
+    /// `None` for a barrier ([`AuditLog::sync`]): nothing to write, answered once every job
+    /// before it is settled.
+    kind: Option<LineKind>,
     fields: String,
     /// For a decision the caller may give up on: who wins, the writer taking it or the caller
     /// withdrawing it, and the fields to write if the caller won.
@@ -138,7 +140,9 @@ const TICKET_ABANDONED: u8 = 2;
 /// caller abandoned it first, the writer writes the abandoned form (what the client received).
 pub(crate) struct Ticket {
     state: std::sync::atomic::AtomicU8,
-    abandoned_fields: String,
+    /// The record as submitted; its abandoned form is serialised by the writer only when the
+    /// caller did give up (rare), not on every request.
+    record: DecisionRecord,
 }
 
 impl Ticket {
@@ -325,12 +329,12 @@ impl AuditLog {
         let mut rec = rec;
         crate::text::truncate_in_place(&mut rec.path, MAX_PATH_BYTES);
         let fields = record_fields(&rec)?;
+        let request_id = rec.request_id.clone();
         let ticket = Arc::new(Ticket {
             state: std::sync::atomic::AtomicU8::new(TICKET_PENDING),
-            abandoned_fields: record_fields(&rec.clone().abandoned())?,
+            record: rec,
         });
         let t = ticket.clone();
-        let request_id = rec.request_id;
         let fut = async move {
             let c = self.submit(LineKind::Decision, fields, Some(t)).await?;
             Ok(AuditReceipt {
@@ -342,7 +346,9 @@ impl AuditLog {
         Ok((ticket, fut))
     }
 
-    /// Appends the outcome record tied to a decision (same request_id); also durable.
+    /// Appends the outcome record tied to a decision (same request_id). Resolves once its bytes
+    /// are in the file; the batch's fsync follows at once (the answer to the client never
+    /// depended on this record, so it does not wait for the disk).
     pub async fn record_outcome(&self, rec: OutcomeRecord) -> Result<(), AuditError> {
         let fields = record_fields(&rec)?;
         self.submit(LineKind::Outcome, fields, None)
@@ -385,7 +391,7 @@ impl AuditLog {
             let tx = self.inner.tx.read().unwrap_or_else(PoisonError::into_inner);
             let tx = tx.as_ref().ok_or(AuditError::Closed)?;
             tx.send(Job {
-                kind,
+                kind: Some(kind),
                 fields,
                 ticket,
                 reply,
@@ -400,6 +406,25 @@ impl AuditLog {
             .fetch_add(1, Ordering::SeqCst);
         // A dropped reply sender means the writer thread died: fail, never hang.
         answer.await.map_err(|_| AuditError::Closed)?
+    }
+
+    /// Resolves once every record submitted before this call is settled: durable, or failed
+    /// with its batch. Outcome records are answered when written, before their fsync; this is
+    /// how a caller (a test, a shutdown) waits for the disk as well.
+    pub async fn sync(&self) -> Result<(), AuditError> {
+        let (reply, answer) = oneshot::channel();
+        {
+            let tx = self.inner.tx.read().unwrap_or_else(PoisonError::into_inner);
+            let tx = tx.as_ref().ok_or(AuditError::Closed)?;
+            tx.send(Job {
+                kind: None,
+                fields: String::new(),
+                ticket: None,
+                reply,
+            })
+            .map_err(|_| AuditError::Closed)?;
+        }
+        answer.await.map_err(|_| AuditError::Closed)?.map(|_| ())
     }
 
     /// Flushes and stops the writer thread (pending appends complete first). Later appends on
@@ -533,27 +558,83 @@ fn run_writer(mut chain: Chain, rx: mpsc::Receiver<Job>, shared: Arc<Shared>) {
             }
         }
         // Take each abandonable record now, just before its bytes are written: one its caller
-        // gave up on is written in its abandoned form, never as submitted.
-        let entries: Vec<(LineKind, &str)> = batch
-            .iter()
-            .map(|j| match &j.ticket {
-                Some(t) if !t.take() => (j.kind, t.abandoned_fields.as_str()),
-                _ => (j.kind, j.fields.as_str()),
-            })
-            .collect();
-        match chain.commit(&entries, &shared) {
-            Ok(done) => {
-                for (job, c) in batch.into_iter().zip(done) {
-                    // The caller may have gone away; its record is durable regardless.
-                    let _ = job.reply.send(Ok(c));
-                }
-            }
-            Err(failure) => {
-                for job in batch {
-                    let _ = job.reply.send(Err(AuditError::Write(failure.clone())));
+        // gave up on is written in its abandoned form, never as submitted. That form differs
+        // from the submitted one (which serialised) only in fixed-type fields, so it cannot fail
+        // to serialise; if it ever did, the record is not written and its (departed) caller
+        // gets the error — the client was already answered 503 audit_unavailable.
+        let mut kept: Vec<(Job, Option<String>)> = Vec::with_capacity(batch.len());
+        for job in batch {
+            let form = match &job.ticket {
+                Some(t) if !t.take() => record_fields(&t.record.clone().abandoned()).map(Some),
+                _ => Ok(None),
+            };
+            match form {
+                Ok(form) => kept.push((job, form)),
+                Err(e) => {
+                    let _ = job.reply.send(Err(AuditError::Serialize(e)));
                 }
             }
         }
+        // Split each job into what is written and whom to answer; answers are taken out as
+        // they are given, so none is given twice.
+        let mut replies: Vec<Option<oneshot::Sender<Result<Committed, AuditError>>>> =
+            Vec::with_capacity(kept.len());
+        let mut lines: Vec<(LineKind, String)> = Vec::with_capacity(kept.len());
+        let mut barriers = Vec::new();
+        for (job, form) in kept {
+            match job.kind {
+                Some(kind) => {
+                    replies.push(Some(job.reply));
+                    lines.push((kind, form.unwrap_or(job.fields)));
+                }
+                None => barriers.push(job.reply),
+            }
+        }
+        // Every job before a barrier is in this batch or an earlier one, settled by the time
+        // this batch is (FIFO, one batch at a time).
+        let settle_barriers = |barriers: Vec<oneshot::Sender<Result<Committed, AuditError>>>| {
+            for r in barriers {
+                let _ = r.send(Ok(Committed {
+                    seq: 0,
+                    hash: String::new(),
+                }));
+            }
+        };
+        let entries: Vec<(LineKind, &str)> = lines.iter().map(|(k, f)| (*k, f.as_str())).collect();
+        if entries.is_empty() {
+            settle_barriers(barriers);
+            continue;
+        }
+        // Outcome records are answered once written, before the fsync: the answer to the client
+        // never depended on them (a failed outcome write is logged, not refused), so waiting for
+        // their durability only added an fsync to every allowed request's latency. The fsync
+        // follows at once; if it fails the batch is cut off and counted like any failed batch.
+        // Decision records (the promise before any forward) and every other kind wait for it.
+        let early = |done: &[Committed]| {
+            for ((kind, _), (reply, c)) in entries.iter().zip(replies.iter_mut().zip(done)) {
+                if *kind == LineKind::Outcome {
+                    if let Some(r) = reply.take() {
+                        let _ = r.send(Ok(c.clone()));
+                    }
+                }
+            }
+        };
+        match chain.commit(&entries, &shared, early) {
+            Ok(done) => {
+                for (reply, c) in replies.into_iter().zip(done) {
+                    // The caller may have gone away; its record is durable regardless.
+                    if let Some(r) = reply {
+                        let _ = r.send(Ok(c));
+                    }
+                }
+            }
+            Err(failure) => {
+                for r in replies.into_iter().flatten() {
+                    let _ = r.send(Err(AuditError::Write(failure.clone())));
+                }
+            }
+        }
+        settle_barriers(barriers);
     }
 }
 
