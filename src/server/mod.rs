@@ -212,7 +212,9 @@ pub async fn serve(
                                 subject,
                                 proto,
                             };
-                            serve_connection(app, s, c, &limits, opts, watcher).await
+                            // Boxed: each kind of connection allocates only its own state,
+                            // not the larger of the TLS and plaintext futures.
+                            Box::pin(serve_connection(app, s, c, &limits, opts, watcher)).await
                         }
                         Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -224,7 +226,7 @@ pub async fn serve(
                         subject: None,
                         proto: Proto::Auto,
                     };
-                    serve_connection(app, stream, c, &limits, opts, watcher).await
+                    Box::pin(serve_connection(app, stream, c, &limits, opts, watcher)).await
                 }
             }
         });
