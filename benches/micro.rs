@@ -268,6 +268,7 @@ fn decision_record(i: u64) -> DecisionRecord {
         report: Vec::new(),
         justification: None,
         break_glass: false,
+        inputs: None,
     }
 }
 

@@ -115,6 +115,10 @@ pub struct Inbound {
     /// What the `mode: report` policies would have decided, once the decision step ran (set at
     /// most once; recorded with the request's decision, never used to decide).
     pub report: std::sync::OnceLock<Vec<crate::policy::ReportVerdict>>,
+    /// What the decision used beyond the operator, device and justification (the groups and
+    /// roles looked for, the device groups asked about), once the operator screen ran (set at
+    /// most once; recorded with the decision so `policy replay` can re-decide it).
+    pub inputs: std::sync::OnceLock<crate::audit::InputsRecord>,
 }
 
 /// What a request had established when it was refused; each field is set by the step that

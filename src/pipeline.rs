@@ -13,9 +13,10 @@
 
 mod answer;
 mod approvals;
+mod inputs;
 
 use crate::approval::Cleared;
-use crate::audit::{AuditLog, Authorized, DenialNote, OutcomeRecord, Uncommitted};
+use crate::audit::{AuditLog, Authorized, DenialNote, InputsRecord, OutcomeRecord, Uncommitted};
 use crate::auth::{Authenticator, Operator};
 use crate::error::{self, BodyError, Reason};
 use crate::flood::{Charge, PreAuthBudget};
@@ -73,6 +74,8 @@ struct Assessed {
     operator: Operator,
     screen: OperatorScreen,
     facts: FactsOutcome,
+    /// For the record; completed (justification) and set on the request by `decide`.
+    inputs: InputsRecord,
 }
 
 /// Counts a request as in flight until dropped, so a panic or a dropped task cannot leak the gauge.
@@ -136,6 +139,7 @@ fn request_filter(parts: &http::request::Parts, conn: ConnInfo) -> Inbound {
         method: crate::text::truncated(parts.method.as_str(), 16).to_string(),
         path: crate::text::truncated(&audit_path(target), crate::audit::MAX_PATH_BYTES).to_string(),
         report: std::sync::OnceLock::new(),
+        inputs: std::sync::OnceLock::new(),
     }
 }
 
@@ -377,10 +381,12 @@ impl Gateway {
     ) -> Result<Assessed, Box<Refusal>> {
         let Authenticated { action, operator } = who;
         let screen = self.policies.operator_screen(&operator);
+        let mut inputs = inputs::screened(&self.policies, &operator);
         if let Some(denial) = screen.denial() {
             // A report-mode policy naming this operator is still evaluated (on the facts), so a
             // trial policy shows whom it would admit; the enforced decision stays this denial.
             if !self.policies.report_names(&operator) {
+                let _ = inbound.inputs.set(inputs);
                 return Err(Refusal::denied(
                     denial,
                     Known::authenticated(action, operator),
@@ -399,6 +405,8 @@ impl Gateway {
         let facts = match self.timed(Stage::Facts, lookup).await {
             Ok(f) => FactsOutcome::Found(f),
             Err(FactsError::Budget { retry_after }) => {
+                inputs::looked_up(&mut inputs, &groups, InputsRecord::FACTS_LOOKUP_BUDGET);
+                let _ = inbound.inputs.set(inputs);
                 let mut r = Refusal::new(
                     Reason::RateLimited,
                     "too many device lookups by this operator; nothing was asked of Graph, retry later",
@@ -422,6 +430,8 @@ impl Gateway {
                 // Same answer as when the forward itself cannot get a token: the operator sees
                 // one code for "Entra will not give passgate a token", cached facts or not.
                 tracing::warn!(request_id = %inbound.request_id, error = %error::chain(&e), "app token unavailable");
+                inputs::looked_up(&mut inputs, &groups, InputsRecord::FACTS_APP_TOKEN);
+                let _ = inbound.inputs.set(inputs);
                 return Err(Refusal::new(
                     Reason::AppTokenUnavailable,
                     "passgate could not obtain its app token from Entra ID; nothing was forwarded, retry later",
@@ -429,11 +439,18 @@ impl Gateway {
                 ));
             }
         };
+        let outcome = match &facts {
+            FactsOutcome::Found(_) => InputsRecord::FACTS_FOUND,
+            FactsOutcome::NotFound => InputsRecord::FACTS_NOT_FOUND,
+            FactsOutcome::Unavailable => InputsRecord::FACTS_UNAVAILABLE,
+        };
+        inputs::looked_up(&mut inputs, &groups, outcome);
         Ok(Assessed {
             action,
             operator,
             screen,
             facts,
+            inputs,
         })
     }
 
@@ -465,6 +482,9 @@ impl Gateway {
                 .inc();
         }
         let _ = inbound.report.set(report);
+        let mut inputs = a.inputs;
+        inputs.justification_malformed = inputs::malformed(&request.justification);
+        let _ = inbound.inputs.set(inputs);
         self.policies
             .decide(&a.screen, &a.action, &a.operator, &a.facts, &request)
             .map_err(|denial| {

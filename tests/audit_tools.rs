@@ -63,6 +63,7 @@ fn decision(id: &str, upn: &str, device: &str, decision: Decision, reason: &str)
         report: Vec::new(),
         justification: None,
         break_glass: false,
+        inputs: None,
     }
 }
 
@@ -376,7 +377,7 @@ async fn keyed_chain_rejects_a_plain_sha256_rebuild() {
     assert!(files.len() >= 2);
     let first = lines(&files[0]);
     assert!(
-        first[0].starts_with("{\"v\":1,\"alg\":\"hmac-sha256\",\"seq\":1,"),
+        first[0].starts_with("{\"v\":2,\"alg\":\"hmac-sha256\",\"seq\":1,"),
         "{}",
         first[0]
     );
@@ -884,6 +885,9 @@ fn check_against_schema(schema: &serde_json::Value, def: &str, rec: &serde_json:
         if let Some(c) = decl.get("const") {
             assert_eq!(v, c, "{def}.{k}");
         }
+        if let Some(e) = decl.get("enum").and_then(|e| e.as_array()) {
+            assert!(e.contains(v), "{def}.{k}: {v} is not one of {e:?}");
+        }
         // A map of text (`details`): every value a string.
         if decl["additionalProperties"]["type"] == "string" {
             let map = v
@@ -941,6 +945,7 @@ async fn every_record_kind_the_writer_writes_fits_the_schema() {
         "operator",
         "target",
         "device",
+        "inputs",
     ] {
         assert!(schema["$defs"][def]["description"].is_string(), "{def}");
     }
@@ -954,6 +959,16 @@ async fn every_record_kind_the_writer_writes_fits_the_schema() {
     log.record_decision(DecisionRecord {
         justification: Some("INC0012345".into()),
         break_glass: true,
+        inputs: Some(passgate::audit::InputsRecord {
+            operator_groups_checked: vec!["g1".into(), "g2".into()],
+            operator_groups: vec!["g1".into()],
+            operator_roles_checked: vec!["Passcode.Recover".into()],
+            operator_roles: vec![],
+            groups_overage: false,
+            device_groups_checked: vec!["d1".into()],
+            device_facts: "found".into(),
+            justification_malformed: None,
+        }),
         ..decision("d1", "alice@example.com", DEV_A, Decision::Allow, "allowed")
     })
     .await
@@ -1261,5 +1276,81 @@ fn audit_config_keys_are_validated_and_resolved() {
             .to_string();
         assert!(e.contains(needle), "{bad}: {e}");
         assert!(!e.contains("my-secret-key-value"), "{e}");
+    }
+}
+
+/// Record version 2: a gateway upgraded in place continues a version 1 file with version 2 lines;
+/// `audit verify` and `audit search` read both in one set, and refuse versions never written.
+#[tokio::test]
+async fn a_v1_chain_continued_with_v2_lines_verifies_and_is_searchable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let log = AuditLog::open(&path).unwrap();
+    for id in ["old-1", "old-2"] {
+        log.record_decision(decision(
+            id,
+            "alice@example.com",
+            DEV_A,
+            Decision::Allow,
+            "allowed",
+        ))
+        .await
+        .unwrap();
+    }
+    log.close();
+    // What an older passgate wrote: the same lines as version 1.
+    passgate::audit::test_support::rewrite_version(&path, 1);
+    assert!(lines(&path).iter().all(|l| l.starts_with("{\"v\":1,")));
+    verify_set(std::slice::from_ref(&path), &VerifyOptions::default()).unwrap();
+
+    // The upgraded writer opens the v1 file (its tail is the chain head) and continues it.
+    let log = AuditLog::open(&path).unwrap();
+    log.record_decision(decision(
+        "new-1",
+        "bob@example.com",
+        DEV_B,
+        Decision::Deny,
+        "operator_not_approved",
+    ))
+    .await
+    .unwrap();
+    log.close();
+    let ls = lines(&path);
+    assert_eq!(ls.len(), 3);
+    assert!(ls[2].starts_with("{\"v\":2,\"seq\":3,"), "{}", ls[2]);
+    assert_eq!(field(&ls[2], "prev"), field(&ls[1], "hash"));
+    let s = verify_set(std::slice::from_ref(&path), &VerifyOptions::default()).unwrap();
+    assert_eq!(s.records, 3);
+    let out = Command::new(BIN)
+        .args(["audit", "verify"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let r = passgate::audit::search(std::slice::from_ref(&path), &SearchFilter::default()).unwrap();
+    let ids: Vec<&str> = r
+        .hits
+        .iter()
+        .map(|h| h.record["request_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["old-1", "old-2", "new-1"]);
+    assert_eq!(r.unreadable_lines, 0);
+
+    // A version passgate never wrote is refused, even with a correct hash and link.
+    for v in [0, 3] {
+        let other = dir.path().join(format!("v{v}.jsonl"));
+        fs::copy(&path, &other).unwrap();
+        passgate::audit::test_support::rewrite_version(&other, v);
+        let (_, line, kind, detail) =
+            expect_break(std::slice::from_ref(&other), &VerifyOptions::default());
+        assert_eq!((line, kind), (1, BreakKind::Unparseable), "{detail}");
+        assert!(detail.contains(&format!("v={v}")), "{detail}");
+        let r = passgate::audit::search(&[other], &SearchFilter::default()).unwrap();
+        assert_eq!((r.hits.len(), r.unreadable_lines), (0, 3));
     }
 }

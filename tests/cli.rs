@@ -329,3 +329,204 @@ fn policy_test_runs_cases_and_fails_on_a_wrong_expectation() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("wrong.yaml"));
 }
+
+/// `passgate policy replay` on a log the real gateway wrote: the same config changes nothing; a
+/// candidate that takes alice's group out of the kiosk policy flips her allow (exit 1, her
+/// request id printed) and shows bob's old refusal as inexact; `--allow-changes` exits 0. The
+/// log is version 2, verifies, and its decisions past the operator screen carry `inputs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_replay_reports_what_a_candidate_would_change() {
+    use common::{action_url, bearer, send, token};
+    const BOB: &str = "6fa0d1b5-9855-4c8d-be2b-8a6660fbe126";
+    const HELPDESK: &str = "groups: [\"f3d0263f-adae-4f31-84f1-5b45713ed0b7\"]     # Helpdesk Tier 2\n    devices:\n      groups: [\"e6867e18";
+    let env = common::start().await;
+    let alice = vec![bearer(&token(&env, "alice"))];
+    let bob = vec![bearer(&token(&env, "bob"))];
+    // Each call with its own client-request-id, to find its record (an allow answers with
+    // Graph's request-id).
+    let mut crids = std::collections::BTreeMap::new();
+    for (n, (name, who, device, want)) in [
+        ("allowed", &alice, "kiosk-phone", 204),
+        ("ipad", &alice, "lobby-ipad", 403),
+        ("approval", &alice, "warehouse-phone", 403),
+        ("bob", &bob, "kiosk-phone", 403),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let crid = format!("00000000-0000-4000-8000-00000000000{n}");
+        let mut headers = who.clone();
+        headers.push(("client-request-id", crid.clone()));
+        let r = send("POST", &action_url(&env, device), &headers, b"").await;
+        assert_eq!(r.status, want, "{name}: {:?}", r.json());
+        crids.insert(name, crid);
+    }
+    // Refused before the operator screen: no inputs, not re-decidable.
+    let r = send(
+        "POST",
+        &format!("{}/v1.0/me/nothing", env.gateway_url),
+        &alice,
+        b"",
+    )
+    .await;
+    assert_eq!(r.status / 100, 4);
+
+    let files = common::audit_set(&env);
+    let out = Command::new(BIN)
+        .args(["audit", "verify"])
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let records = common::decision_records(&env);
+    assert!(records.iter().all(|r| r["v"] == 2));
+    let by_crid = |crid: &str| {
+        records
+            .iter()
+            .find(|r| r["client_request_id"] == crid)
+            .unwrap_or_else(|| panic!("no record {crid}"))
+            .clone()
+    };
+    let ids: std::collections::BTreeMap<&str, String> = crids
+        .iter()
+        .map(|(name, crid)| {
+            (
+                *name,
+                by_crid(crid)["request_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let by_id = |id: &str| {
+        records
+            .iter()
+            .find(|r| r["request_id"] == id)
+            .unwrap()
+            .clone()
+    };
+    let allowed = by_id(&ids["allowed"]);
+    let inputs = &allowed["inputs"];
+    assert_eq!(
+        inputs["operator_groups"],
+        serde_json::json!(["f3d0263f-adae-4f31-84f1-5b45713ed0b7"])
+    );
+    assert_eq!(
+        inputs["operator_roles_checked"],
+        serde_json::json!(["PassGate.RecoverPasscode"])
+    );
+    assert_eq!(inputs["device_facts"], "found");
+    let checked = inputs["device_groups_checked"].as_array().unwrap();
+    assert!(
+        checked
+            .iter()
+            .any(|g| g == "e6867e18-cfe7-4693-bec9-262eb70c4b84"),
+        "{checked:?}"
+    );
+    let bob_rec = by_id(&ids["bob"]);
+    assert_eq!(bob_rec["inputs"]["device_facts"], "not_read");
+    assert_eq!(bob_rec["inputs"]["operator_groups"], serde_json::json!([]));
+    assert!(records
+        .iter()
+        .any(|r| r["reason"] == "me_route_not_supported" || r["reason"] == "route_not_found"));
+    assert!(records
+        .iter()
+        .filter(|r| r["operator"].is_null())
+        .all(|r| r.get("inputs").is_none()));
+
+    let dir = tempfile::tempdir().unwrap();
+    let replay = |config: &std::path::Path, extra: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["policy", "replay", "--config"])
+            .arg(config)
+            .args(extra)
+            .args(&files)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let same = dir.path().join("same.yaml");
+    std::fs::write(&same, passgate::dev::DEV_CONFIG).unwrap();
+    let (code, text, err) = replay(&same, &[]);
+    assert_eq!(code, Some(0), "{text}{err}");
+    assert!(
+        text.contains("exact:   4 re-decided: 4 unchanged, 0 changed"),
+        "{text}"
+    );
+    assert!(text.contains("0 changed, 0 allow↔deny flips"), "{text}");
+    assert!(
+        text.contains("refused before the policy decision"),
+        "{text}"
+    );
+
+    // The candidate: the kiosk policy names bob instead of Helpdesk Tier 2.
+    assert!(passgate::dev::DEV_CONFIG.contains(HELPDESK));
+    let tightened = dir.path().join("candidate.yaml");
+    std::fs::write(
+        &tightened,
+        passgate::dev::DEV_CONFIG.replacen(
+            HELPDESK,
+            &HELPDESK.replace(
+                "groups: [\"f3d0263f-adae-4f31-84f1-5b45713ed0b7\"]",
+                &format!("users: [\"{BOB}\"]"),
+            ),
+            1,
+        ),
+    )
+    .unwrap();
+    let (code, text, err) = replay(&tightened, &[]);
+    assert_eq!(code, Some(1), "{text}{err}");
+    let section = |title: &str| {
+        let start = text
+            .find(title)
+            .unwrap_or_else(|| panic!("no {title}: {text}"));
+        text[start..].split("\n\n").next().unwrap().to_string()
+    };
+    let flips = section("\nallow→deny (1");
+    assert!(flips.contains(&ids["allowed"]), "{text}");
+    assert!(
+        flips.contains("deny device_not_in_allowed_group"),
+        "{flips}"
+    );
+    assert!(
+        section("\nother policy (1").contains(&ids["ipad"]),
+        "{text}"
+    );
+    // bob was refused at the screen: nothing was read about the device, so it is not a change.
+    let undetermined = section("\ninexact undetermined (1");
+    assert!(undetermined.contains(&ids["bob"]), "{text}");
+    assert!(
+        text.contains("\n2 changed, 1 allow↔deny flips; 1 inexact"),
+        "{text}"
+    );
+
+    let (code, text, err) = replay(&tightened, &["--allow-changes", "--format", "json"]);
+    assert_eq!(code, Some(0), "{text}{err}");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("one JSON object");
+    assert_eq!(v["flips"], 1);
+    assert_eq!(v["exact"]["allow_to_deny"], 1);
+    assert_eq!(v["inexact"]["undetermined"], 1);
+    assert_eq!(
+        v["examples"]["allow_to_deny"][0]["request_id"],
+        ids["allowed"].as_str()
+    );
+
+    // An audit line that is not a record is an error naming the file and line.
+    let broken = dir.path().join("broken.jsonl");
+    std::fs::write(&broken, "{\"v\":3,\"kind\":\"decision\"}\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["policy", "replay", "--config"])
+        .arg(&same)
+        .arg(&broken)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("broken.jsonl:1: unsupported record version v=3"));
+}

@@ -268,6 +268,7 @@ fn decision_record(
             crate::text::truncated(j, crate::policy::controls::MAX_JUSTIFICATION_BYTES).to_string()
         }),
         break_glass: about.break_glass,
+        inputs: inbound.inputs.get().cloned(),
     }
 }
 

@@ -10,6 +10,15 @@ use super::verify::BreakKind;
 /// `prev` of the first record of a fresh chain.
 pub const GENESIS_PREV: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// `v` of every line written now. 2 added `inputs` to decision records; the line format and the
+/// hash rule are those of 1, so a chain may hold both (an upgraded gateway continues a v1 file).
+pub const LINE_VERSION: u32 = 2;
+
+/// The line versions a reader accepts: every version this passgate has ever written, no other.
+pub fn readable_version(v: u64) -> bool {
+    v == 1 || v == u64::from(LINE_VERSION)
+}
+
 /// The bytes that introduce the hash at the end of every line.
 const HASH_PREFIX: &[u8] = b",\"hash\":\"";
 /// `,"hash":"` + 64 hex + `"}`.
@@ -92,7 +101,7 @@ pub(crate) fn record_fields<T: serde::Serialize>(rec: &T) -> Result<String, serd
 
 /// Appends one complete line (with its `\n`) to `out` and returns its hash.
 ///
-/// - `body` = `{"v":1,` + (`"alg":"hmac-sha256",` if keyed) +
+/// - `body` = `{"v":2,` ([`LINE_VERSION`]) + (`"alg":"hmac-sha256",` if keyed) +
 ///   `"seq":N,"time":"T","kind":"K","prev":"P"` + (`,` + fields if any);
 /// - `hash` = hex SHA-256 (or HMAC-SHA256 with `key`) of `body`'s bytes;
 /// - line = `body` + `,"hash":"` + hash + `"}` + `\n`.
@@ -112,7 +121,7 @@ pub(crate) fn build_line(
     // need no JSON escaping.
     out.extend_from_slice(
         format!(
-            "{{\"v\":1,{alg}\"seq\":{},\"time\":\"{}\",\"kind\":\"{}\",\"prev\":\"{}\"",
+            "{{\"v\":{LINE_VERSION},{alg}\"seq\":{},\"time\":\"{}\",\"kind\":\"{}\",\"prev\":\"{}\"",
             line.seq,
             line.time,
             line.kind.as_str(),
@@ -195,7 +204,7 @@ pub(crate) fn parse_line(
     // Derived Deserialize rejects duplicate keys, so a body cannot smuggle a second "hash".
     let header: Header = serde_json::from_slice(line)
         .map_err(|e| (BreakKind::Unparseable, format!("not a valid record: {e}")))?;
-    if header.v != 1 {
+    if !readable_version(u64::from(header.v)) {
         return Err((
             BreakKind::Unparseable,
             format!("unsupported version v={}", header.v),

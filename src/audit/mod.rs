@@ -8,8 +8,8 @@
 //! Each record is one line: a JSON object with its keys in this fixed order, then `\n`:
 //!
 //! ```text
-//! {"v":1,"seq":N,"time":"2026-11-28T16:30:39.123Z","kind":"decision","prev":"<64 hex>",<record fields>,"hash":"<64 hex>"}
-//! {"v":1,"alg":"hmac-sha256","seq":N,"time":…,"kind":…,"prev":…,<record fields>,"hash":"<64 hex>"}
+//! {"v":2,"seq":N,"time":"2026-11-28T16:30:39.123Z","kind":"decision","prev":"<64 hex>",<record fields>,"hash":"<64 hex>"}
+//! {"v":2,"alg":"hmac-sha256","seq":N,"time":…,"kind":…,"prev":…,<record fields>,"hash":"<64 hex>"}
 //! ```
 //!
 //! - `kind` is `decision` ([`DecisionRecord`] fields), `outcome` ([`OutcomeRecord`] fields),
@@ -29,6 +29,9 @@
 //!   zeros ([`GENESIS_PREV`]) for the first record of a fresh chain. The writer assigns `seq`,
 //!   `time` (RFC 3339 UTC, milliseconds), `prev` and `hash`. The chain runs on across rotated
 //!   files (see [`rotation_set`]): a new file's first record continues the old file's last.
+//! - `v` is [`LINE_VERSION`] (2) on every line written now. Version 1 lines (written before
+//!   decision records carried `inputs`) have the same format and hash rule; readers accept both
+//!   in one chain ([`readable_version`]) and refuse any other.
 //! - `alg` is present only on keyed lines (`audit.hmac_key` set).
 //! - `docs/audit-record.schema.json` is the JSON Schema of every kind; `docs/audit-ocsf.md` maps
 //!   the fields to OCSF API Activity.
@@ -76,14 +79,14 @@ pub use commit::{
     Authorized, CommitError, DenialNote, RecordedDenial, Uncommitted, COMMIT_TIMEOUT,
 };
 pub use error::{AuditError, FailureCounts, FailureKind, WriteFailure, WriteStep};
-pub use line::GENESIS_PREV;
+pub use line::{readable_version, GENESIS_PREV, LINE_VERSION};
 pub use options::{
     check_hmac_key, AuditOptions, AuditOptionsError, FsyncObserver, KeyTooShort, MIN_HMAC_KEY_BYTES,
 };
 pub use record::{
     AbandonedDecision, ApprovalPerson, ApprovalRecord, ConsoleRecord, Decision, DecisionRecord,
-    DeviceRecord, OperatorRecord, OutcomeRecord, RecoveryRecord, ReportRecord, TargetRecord,
-    ThrottledRecord, MAX_PATH_BYTES,
+    DeviceRecord, InputsRecord, OperatorRecord, OutcomeRecord, RecoveryRecord, ReportRecord,
+    TargetRecord, ThrottledRecord, MAX_PATH_BYTES,
 };
 pub use rotation::{rotated_files, rotation_set};
 pub use search::{search, Format, Hit, SearchError, SearchFilter, SearchResult};

@@ -88,6 +88,51 @@ pub struct DecisionRecord {
     /// use. Absent (false) in records written before passgate recorded it.
     #[serde(default)]
     pub break_glass: bool,
+    /// What the decision used that the fields above do not say (record version 2), so that
+    /// `passgate policy replay` can decide the request again. Set once the request reached the
+    /// operator screen; absent on earlier refusals and in version 1 records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<InputsRecord>,
+}
+
+/// The inputs of a policy decision beyond operator, target, device, justification and time: which
+/// of the operator's groups and app roles any policy names (never the token's full list, its
+/// scopes or anything secret), which device groups Graph was asked about, and what the device
+/// lookup and the justification header came to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputsRecord {
+    /// Every group some policy (enforced or `mode: report`) names as an operator group: the ones
+    /// passgate looked for in the token. Sorted, lower case.
+    pub operator_groups_checked: Vec<String>,
+    /// The subset of `operator_groups_checked` the token carried.
+    pub operator_groups: Vec<String>,
+    /// Every app role some policy names. Sorted; exact strings.
+    pub operator_roles_checked: Vec<String>,
+    /// The subset of `operator_roles_checked` the token carried.
+    pub operator_roles: Vec<String>,
+    /// The token did not list the operator's groups (more than Entra puts in a token).
+    pub groups_overage: bool,
+    /// The device groups Graph was asked about (sorted); the device's memberships among them are
+    /// `device.member_of`. Empty when the device was not looked up.
+    pub device_groups_checked: Vec<String>,
+    /// What the device lookup came to: `found`, `not_found`, `unavailable`, `lookup_budget`
+    /// (the operator's lookup budget refused it; Graph was not asked), `app_token_unavailable`,
+    /// or `not_read` (refused at the operator screen; Graph was not asked).
+    pub device_facts: String,
+    /// Why the `Passgate-Justification` header could not be taken as a statement, when it could
+    /// not: `repeated`, `not_utf8`, `too_long` or `control_character`. Null when it was absent or
+    /// well-formed (then `justification` says which), or when the decision did not read it.
+    pub justification_malformed: Option<String>,
+}
+
+impl InputsRecord {
+    /// [`InputsRecord::device_facts`] values.
+    pub const FACTS_FOUND: &'static str = "found";
+    pub const FACTS_NOT_FOUND: &'static str = "not_found";
+    pub const FACTS_UNAVAILABLE: &'static str = "unavailable";
+    pub const FACTS_LOOKUP_BUDGET: &'static str = "lookup_budget";
+    pub const FACTS_APP_TOKEN: &'static str = "app_token_unavailable";
+    pub const FACTS_NOT_READ: &'static str = "not_read";
 }
 
 /// What a decision record said before the pipeline gave up waiting for it to be durable.

@@ -93,18 +93,19 @@ pub enum SearchError {
     Io { path: PathBuf, source: io::Error },
 }
 
-/// Searches every file (in any order: they are read in chain order by their first `seq`, so an
-/// outcome in a later rotated file still joins its decision).
-pub fn search(paths: &[PathBuf], filter: &SearchFilter) -> Result<SearchResult, SearchError> {
+/// Reads every line of an audit file set in chain order — files in any order are sorted by
+/// their first `seq`, then read line by line — and hands each line (without its `\n`) to
+/// `visit` with its file and 1-based line number. The one reader of a file set for `audit
+/// search` and `policy replay`; it judges nothing (no JSON, no hash).
+pub fn read_set<E: From<SearchError>>(
+    paths: &[PathBuf],
+    mut visit: impl FnMut(&Path, u64, &[u8]) -> Result<(), E>,
+) -> Result<(), E> {
     let mut ordered = Vec::with_capacity(paths.len());
     for p in paths {
         ordered.push((lenient_first_seq(p)?, p));
     }
     ordered.sort_by_key(|(s, _)| s.unwrap_or(u64::MAX));
-
-    let mut out = SearchResult::default();
-    // request_id → index in out.hits, for the outcome join.
-    let mut by_request: HashMap<String, usize> = HashMap::new();
     for (_, path) in ordered {
         let io_err = |source| SearchError::Io {
             path: path.clone(),
@@ -112,64 +113,81 @@ pub fn search(paths: &[PathBuf], filter: &SearchFilter) -> Result<SearchResult, 
         };
         let mut reader = BufReader::new(File::open(path).map_err(io_err)?);
         let mut buf = Vec::new();
+        let mut line_no = 0u64;
         loop {
             buf.clear();
             if reader.read_until(b'\n', &mut buf).map_err(io_err)? == 0 {
                 break;
             }
+            line_no += 1;
             if buf.last() == Some(&b'\n') {
                 buf.pop();
             }
-            let Ok(record) = serde_json::from_slice::<Value>(&buf) else {
-                out.unreadable_lines += 1;
-                continue;
-            };
-            if !record.is_object() {
-                out.unreadable_lines += 1;
-                continue;
-            }
-            let line = String::from_utf8_lossy(&buf).into_owned();
-            match record["kind"].as_str() {
-                Some("decision") => {
-                    if matches_decision(&record, filter) {
-                        if let Some(id) = record["request_id"].as_str() {
-                            by_request.insert(id.to_owned(), out.hits.len());
-                        }
-                        out.hits.push(hit(path, line, record));
-                    }
-                }
-                Some("outcome") => {
-                    let idx = record["request_id"]
-                        .as_str()
-                        .and_then(|id| by_request.get(id).copied());
-                    if let Some(i) = idx {
-                        out.hits[i].outcomes.push((line, record));
-                    }
-                }
-                Some("approval") => {
-                    if matches_approval(&record, filter) {
-                        out.hits.push(hit(path, line, record));
-                    }
-                }
-                Some("throttled") => {
-                    if matches_throttled(&record, filter) {
-                        out.hits.push(hit(path, line, record));
-                    }
-                }
-                Some("console") => {
-                    if matches_console(&record, filter) {
-                        out.hits.push(hit(path, line, record));
-                    }
-                }
-                Some("recovery") => {
-                    if filter.time_only() && in_time(&record, filter) {
-                        out.hits.push(hit(path, line, record));
-                    }
-                }
-                _ => out.unreadable_lines += 1,
-            }
+            visit(path, line_no, &buf)?;
         }
     }
+    Ok(())
+}
+
+/// Searches every file (in any order: they are read in chain order by their first `seq`, so an
+/// outcome in a later rotated file still joins its decision). A line that is not a JSON object
+/// of a record version passgate writes or wrote ([`super::readable_version`]) is counted as
+/// unreadable.
+pub fn search(paths: &[PathBuf], filter: &SearchFilter) -> Result<SearchResult, SearchError> {
+    let mut out = SearchResult::default();
+    // request_id → index in out.hits, for the outcome join.
+    let mut by_request: HashMap<String, usize> = HashMap::new();
+    read_set(paths, |path, _, buf| -> Result<(), SearchError> {
+        let Ok(record) = serde_json::from_slice::<Value>(buf) else {
+            out.unreadable_lines += 1;
+            return Ok(());
+        };
+        if !record.is_object() || !record["v"].as_u64().is_some_and(super::readable_version) {
+            out.unreadable_lines += 1;
+            return Ok(());
+        }
+        let line = String::from_utf8_lossy(buf).into_owned();
+        match record["kind"].as_str() {
+            Some("decision") => {
+                if matches_decision(&record, filter) {
+                    if let Some(id) = record["request_id"].as_str() {
+                        by_request.insert(id.to_owned(), out.hits.len());
+                    }
+                    out.hits.push(hit(path, line, record));
+                }
+            }
+            Some("outcome") => {
+                let idx = record["request_id"]
+                    .as_str()
+                    .and_then(|id| by_request.get(id).copied());
+                if let Some(i) = idx {
+                    out.hits[i].outcomes.push((line, record));
+                }
+            }
+            Some("approval") => {
+                if matches_approval(&record, filter) {
+                    out.hits.push(hit(path, line, record));
+                }
+            }
+            Some("throttled") => {
+                if matches_throttled(&record, filter) {
+                    out.hits.push(hit(path, line, record));
+                }
+            }
+            Some("console") => {
+                if matches_console(&record, filter) {
+                    out.hits.push(hit(path, line, record));
+                }
+            }
+            Some("recovery") => {
+                if filter.time_only() && in_time(&record, filter) {
+                    out.hits.push(hit(path, line, record));
+                }
+            }
+            _ => out.unreadable_lines += 1,
+        }
+        Ok(())
+    })?;
     Ok(out)
 }
 
@@ -553,7 +571,7 @@ fn render_csv(result: &SearchResult, out: &mut dyn Write) -> io::Result<()> {
 
 /// Replaces control characters (including bidi overrides) so a crafted value cannot rewrite the
 /// terminal or the table's layout.
-fn sanitize(v: &str) -> String {
+pub(crate) fn sanitize(v: &str) -> String {
     v.chars()
         .map(|c| {
             if c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {

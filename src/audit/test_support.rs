@@ -35,3 +35,35 @@ pub fn field(line: &str, key: &str) -> serde_json::Value {
         serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
     v[key].clone()
 }
+
+/// Rewrites a plain (unkeyed) audit file as if its lines had been written with record version
+/// `v`: each line's `"v":N` becomes `"v":v`, and its `prev` and `hash` are recomputed so the
+/// chain still links (the first line keeps its `prev`). Builds version 1 files for the
+/// compatibility tests, and versions passgate never wrote for the refusal tests.
+///
+/// # Panics
+/// If the file cannot be read or written, or a line is not a plain audit line.
+pub fn rewrite_version(path: &Path, v: u32) {
+    use sha2::Digest;
+    const SUFFIX: usize = ",\"hash\":\"".len() + 64 + 2;
+    let mut prev: Option<String> = None;
+    let mut out = Vec::new();
+    for line in lines(path) {
+        assert!(!line.contains("\"alg\":"), "a keyed line: {line}");
+        let body = &line[..line.len() - SUFFIX];
+        let rest = body
+            .strip_prefix("{\"v\":")
+            .and_then(|r| r.split_once(','))
+            .map(|(_, r)| r)
+            .unwrap_or_else(|| panic!("no version: {line}"));
+        let mut body = format!("{{\"v\":{v},{rest}");
+        if let Some(p) = &prev {
+            let at = body.find("\"prev\":\"").expect("prev") + "\"prev\":\"".len();
+            body.replace_range(at..at + 64, p);
+        }
+        let hash = hex::encode(sha2::Sha256::digest(body.as_bytes()));
+        out.push(format!("{body},\"hash\":\"{hash}\"}}"));
+        prev = Some(hash);
+    }
+    write_lines(path, &out);
+}

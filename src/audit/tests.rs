@@ -50,6 +50,7 @@ fn decision(id: &str) -> DecisionRecord {
         report: Vec::new(),
         justification: None,
         break_glass: false,
+        inputs: None,
     }
 }
 
@@ -152,7 +153,7 @@ async fn line_format_and_hash_rule() {
     let raw = fs::read(&path).unwrap();
     assert_eq!(raw.last(), Some(&b'\n'));
     let line = std::str::from_utf8(&raw[..raw.len() - 1]).unwrap();
-    assert!(line.starts_with("{\"v\":1,\"seq\":1,\"time\":\""), "{line}");
+    assert!(line.starts_with("{\"v\":2,\"seq\":1,\"time\":\""), "{line}");
     let after_time = &line[line.find("\",\"kind\"").unwrap()..];
     assert!(after_time.starts_with(&format!(
         "\",\"kind\":\"decision\",\"prev\":\"{GENESIS_PREV}\",\"request_id\":\"r0\","
@@ -696,7 +697,7 @@ async fn keyed_lines_carry_alg_and_an_hmac() {
     let r = log.record_decision(decision("r0")).await.unwrap();
     log.close();
     let line = &lines(&path)[0];
-    assert!(line.starts_with("{\"v\":1,\"alg\":\"hmac-sha256\",\"seq\":1,\"time\":\""));
+    assert!(line.starts_with("{\"v\":2,\"alg\":\"hmac-sha256\",\"seq\":1,\"time\":\""));
     let cut = line.rfind(",\"hash\":\"").unwrap();
     let expect = super::line::hmac_sha256_hex(&key, &line.as_bytes()[..cut]);
     assert_eq!(r.hash(), expect);

@@ -140,6 +140,10 @@ pub struct PolicySet {
     /// `mode: report` policies, each as a set of its own: decided by the same code, never
     /// admitting.
     report: Vec<PolicySet>,
+    /// Operator groups and app roles any policy (enforced or report) names: what the operator
+    /// screen looks for in a token, and all of it the audit record keeps.
+    named_groups: BTreeSet<String>,
+    named_roles: BTreeSet<String>,
 }
 
 /// What a report-mode policy would have decided for one request.
@@ -167,12 +171,26 @@ enum Stage {
 
 impl PolicySet {
     pub fn new(policies: Vec<PolicySettings>) -> PolicySet {
+        let named_groups = policies.iter().flat_map(|p| p.groups.clone()).collect();
+        let named_roles = policies.iter().flat_map(|p| p.app_roles.clone()).collect();
         PolicySet {
             id: NEXT_SET_ID.fetch_add(1, Ordering::Relaxed),
             policies,
             caps: Vec::new(),
             report: Vec::new(),
+            named_groups,
+            named_roles,
         }
+    }
+
+    /// Every operator group some policy of the set (enforced or `mode: report`) names.
+    pub fn named_groups(&self) -> &BTreeSet<String> {
+        &self.named_groups
+    }
+
+    /// Every app role some policy of the set (enforced or `mode: report`) names.
+    pub fn named_roles(&self) -> &BTreeSet<String> {
+        &self.named_roles
     }
 
     /// The same set with `mode: report` policies: evaluated by [`PolicySet::report`] on every
@@ -182,6 +200,20 @@ impl PolicySet {
             .into_iter()
             .map(|p| PolicySet::new(vec![p]))
             .collect();
+        self.named_groups = self
+            .policies
+            .iter()
+            .flat_map(|p| p.groups.clone())
+            .collect();
+        self.named_roles = self
+            .policies
+            .iter()
+            .flat_map(|p| p.app_roles.clone())
+            .collect();
+        for r in &self.report {
+            self.named_groups.extend(r.named_groups.iter().cloned());
+            self.named_roles.extend(r.named_roles.iter().cloned());
+        }
         self
     }
 

@@ -1,10 +1,14 @@
 //! Policy as code: `passgate policy test` runs test cases through the gateway's own decision code
-//! (no network), like `opa test` for OPA users. It must never reach Graph, Entra or the audit log,
-//! and it decides only with the code the gateway runs.
+//! (no network), like `opa test` for OPA users; `passgate policy replay` re-decides the recorded
+//! requests of an audit file set under a candidate config. They must never reach Graph or Entra
+//! or write an audit file, and they decide only with the code the gateway runs.
 //!
-//! [`cases`] (the case file) · [`run`] (one case through screen, decision, limits, approval).
+//! [`cases`] (the case file) · [`run`] (one case through screen, decision, limits, approval) ·
+//! [`replay`] (one record again) · [`replay_report`] (counts and examples).
 
 pub mod cases;
+pub mod replay;
+pub mod replay_report;
 pub mod run;
 
 use cases::{Case, CaseFile};
@@ -35,6 +39,168 @@ pub enum PolicyCommand {
         #[arg(long, value_enum, default_value_t)]
         format: TestFormat,
     },
+    /// Re-decide every recorded decision of an audit file set under a candidate config and show
+    /// what would change; exit 1 when an allow would become a deny or the other way round
+    /// (unless --allow-changes), 2 when the config or an audit line cannot be read.
+    Replay {
+        /// The candidate config.
+        #[arg(long, value_name = "CANDIDATE")]
+        config: PathBuf,
+        /// Audit files: the current file and any rotated ones, in any order (`audit.jsonl*`).
+        #[arg(required = true, value_name = "AUDIT_FILE")]
+        audit: Vec<PathBuf>,
+        /// Exit 0 even when decisions would flip (the change is intended).
+        #[arg(long)]
+        allow_changes: bool,
+        #[arg(long, value_enum, default_value_t)]
+        format: ReplayFormat,
+        /// Examples shown per change kind.
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        examples: usize,
+    },
+}
+
+/// Output formats of `policy replay`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ReplayFormat {
+    /// Counts, reasons and examples for reading.
+    #[default]
+    Text,
+    /// One JSON object with the same counts and examples.
+    Json,
+}
+
+/// Why a replay could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Read(#[from] crate::audit::SearchError),
+    #[error("{}:{line}: {why}", file.display())]
+    Line {
+        file: PathBuf,
+        line: u64,
+        why: String,
+    },
+    /// The replay stopped taking records (it failed); the reader stops too.
+    #[error("replay stopped")]
+    Stopped,
+}
+
+/// A decision record read for the replay: line version, time, the record.
+struct ReadDecision {
+    version: u64,
+    time: String,
+    at: chrono::DateTime<chrono::Utc>,
+    record: Box<crate::audit::DecisionRecord>,
+}
+
+/// Reads one audit line strictly: a JSON object of a readable version with a kind; `Some` for a
+/// decision record.
+fn read_line(
+    file: &std::path::Path,
+    line: u64,
+    bytes: &[u8],
+) -> Result<Option<ReadDecision>, ReplayError> {
+    let bad = |why: String| ReplayError::Line {
+        file: file.to_path_buf(),
+        line,
+        why,
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| bad(format!("not a JSON record: {e}")))?;
+    let version = value["v"].as_u64().unwrap_or(0);
+    if !crate::audit::readable_version(version) {
+        return Err(bad(format!("unsupported record version v={}", value["v"])));
+    }
+    match value["kind"].as_str() {
+        Some("decision") => {}
+        Some(_) => return Ok(None),
+        None => return Err(bad("no kind".into())),
+    }
+    let time = value["time"].as_str().unwrap_or("").to_string();
+    let at = chrono::DateTime::parse_from_rfc3339(&time)
+        .map_err(|_| bad("time is not RFC 3339".into()))?
+        .with_timezone(&chrono::Utc);
+    let record =
+        serde_json::from_value(value).map_err(|e| bad(format!("not a decision record: {e}")))?;
+    Ok(Some(ReadDecision {
+        version,
+        time,
+        at,
+        record: Box::new(record),
+    }))
+}
+
+/// Replays the audit set under `settings`. The files are read on a blocking thread and handed
+/// over in order through a bounded channel, so a long history is never held in memory.
+pub async fn replay_files(
+    settings: &crate::config::Settings,
+    audit: &[PathBuf],
+    examples: usize,
+) -> Result<replay_report::Summary, ReplayError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<ReadDecision>>(256);
+    let paths = audit.to_vec();
+    let reader = tokio::task::spawn_blocking(move || {
+        crate::audit::search::read_set(&paths, |file, line, bytes| -> Result<(), ReplayError> {
+            let read = read_line(file, line, bytes)?;
+            tx.blocking_send(read).map_err(|_| ReplayError::Stopped)
+        })
+    });
+    let mut replayer = replay::Replayer::new(settings);
+    let mut summary = replay_report::Summary::new(examples);
+    while let Some(item) = rx.recv().await {
+        summary.lines += 1;
+        if let Some(d) = item {
+            let replayed = replayer.replay(d.version, d.at, &d.record).await;
+            summary.add(&d.time, &d.record, replayed);
+        }
+    }
+    match reader.await {
+        Ok(result) => result?,
+        Err(e) => {
+            return Err(ReplayError::Line {
+                file: PathBuf::from("-"),
+                line: 0,
+                why: format!("the reader failed: {e}"),
+            })
+        }
+    }
+    Ok(summary)
+}
+
+async fn replay_cmd(
+    config: PathBuf,
+    audit: Vec<PathBuf>,
+    allow_changes: bool,
+    format: ReplayFormat,
+    examples: usize,
+) -> ExitCode {
+    let settings = match crate::config::load_file(&config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let summary = match replay_files(&settings, &audit, examples).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("passgate policy replay: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let name = config.display().to_string();
+    match format {
+        ReplayFormat::Text => print!("{}", summary.text(&name)),
+        ReplayFormat::Json => println!("{}", summary.json(&name)),
+    }
+    if summary.flips() > 0 && !allow_changes {
+        if format == ReplayFormat::Text {
+            println!("decisions would flip: exit 1 (pass --allow-changes if that is the intent)");
+        }
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
 }
 
 /// One case's result.
@@ -53,11 +219,23 @@ fn load_cases(path: &PathBuf) -> Result<Vec<Case>, String> {
 }
 
 pub async fn run(cmd: PolicyCommand) -> ExitCode {
-    let PolicyCommand::Test {
-        config,
-        cases,
-        format,
-    } = cmd;
+    match cmd {
+        PolicyCommand::Test {
+            config,
+            cases,
+            format,
+        } => test_cmd(config, cases, format).await,
+        PolicyCommand::Replay {
+            config,
+            audit,
+            allow_changes,
+            format,
+            examples,
+        } => replay_cmd(config, audit, allow_changes, format, examples).await,
+    }
+}
+
+async fn test_cmd(config: PathBuf, cases: Vec<PathBuf>, format: TestFormat) -> ExitCode {
     let settings = match crate::config::load_file(&config) {
         Ok(s) => s,
         Err(e) => {

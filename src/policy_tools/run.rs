@@ -43,6 +43,11 @@ pub enum CaseError {
     Kind(String),
 }
 
+/// A refusal with this reason, naming this policy.
+pub(super) fn deny_outcome(reason: Reason, policy: Option<String>) -> Outcome {
+    deny(reason, policy)
+}
+
 fn deny(reason: Reason, policy: Option<String>) -> Outcome {
     Outcome {
         decision: ExpectDecision::Deny,
