@@ -57,6 +57,7 @@ CONTRACT = {
     "passgate_approval_notifications_total": {"result"},
     "passgate_break_glass_total": {"policy"},
     "passgate_console_events_total": {"event", "result"},
+    "passgate_report_policy_decisions_total": {"policy", "decision", "reason"},
 }
 HISTOGRAMS = {"passgate_request_duration_seconds", "passgate_stage_duration_seconds",
               "passgate_audit_fsync_duration_seconds", "passgate_state_duration_seconds"}
@@ -123,6 +124,11 @@ for p in dash["panels"]:
     g = p["gridPos"]
     if g["x"] + g["w"] > 24:
         err(f"dashboard: panel {p['title']!r} is wider than the grid")
+    for q in dash["panels"]:
+        h = q["gridPos"]
+        if q["id"] < p["id"] and (g["x"] < h["x"] + h["w"] and h["x"] < g["x"] + g["w"]
+                                  and g["y"] < h["y"] + h["h"] and h["y"] < g["y"] + g["h"]):
+            err(f"dashboard: panels {p['title']!r} and {q['title']!r} overlap")
     if p["type"] == "row":
         continue
     if p.get("datasource", {}).get("uid") != "${DS_PROMETHEUS}":
