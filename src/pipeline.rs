@@ -13,6 +13,8 @@
 
 mod answer;
 mod approvals;
+#[cfg(test)]
+mod footprint;
 mod inputs;
 
 use crate::approval::Cleared;
@@ -252,9 +254,10 @@ impl Gateway {
             if let Some(parsed) =
                 crate::approval::api::parse(&parts.method, parts.uri.path(), parts.uri.query())
             {
-                let (resp, reason) = self
-                    .serve_approvals(&inbound, parsed, &parts.headers, body)
-                    .await;
+                // Boxed: the approvals API is the rare path; its future must not size every
+                // action request's.
+                let (resp, reason) =
+                    Box::pin(self.serve_approvals(&inbound, parsed, &parts.headers, body)).await;
                 let decision = if reason == Reason::Allowed {
                     "allow"
                 } else {
@@ -309,37 +312,46 @@ impl Gateway {
         B: http_body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        // Each stage's future is boxed: a request in flight then holds only the stage it is in,
+        // not space for the largest of them all (the Graph lookup, the forward), and the
+        // typed values move between stages instead of whole futures being copied into wrappers.
+        // `pipeline::footprint` keeps the request future within its budget.
         let action = route(method, target)?;
         let action = read_body(action, body).await?;
         let authenticated = self
-            .timed(Stage::Auth, self.authenticate(action, headers))
+            .timed(Stage::Auth, Box::pin(self.authenticate(action, headers)))
             .await?;
-        let assessed = self.gather_facts(inbound, authenticated).await?;
+        let assessed = Box::pin(self.gather_facts(inbound, authenticated)).await?;
         let candidate = self
             .timed(Stage::Decide, async {
                 self.decide(inbound, assessed, headers)
             })
             .await?;
-        let screened = self.screen_approval(inbound, &candidate).await;
+        let screened = Box::pin(self.screen_approval(inbound, &candidate)).await;
         let screened = match screened {
             Ok(s) => s,
             Err(d) => return Err(approval_refusal(*d, Known::from(candidate))),
         };
         let permit = self
-            .timed(Stage::RateLimit, self.admit(inbound, candidate))
+            .timed(Stage::RateLimit, Box::pin(self.admit(inbound, candidate)))
             .await?;
-        let cleared = self
-            .approvals
-            .clear(inbound, permit, screened, self.approvals.now())
+        let cleared =
+            Box::pin(
+                self.approvals
+                    .clear(inbound, permit, screened, self.approvals.now()),
+            )
             .await
             .map_err(|(permit, d)| approval_refusal(*d, Known::from(permit)))?;
         let authorized = self
-            .timed(Stage::Audit, self.commit(inbound, cleared))
+            .timed(Stage::Audit, Box::pin(self.commit(inbound, cleared)))
             .await?;
         let route = authorized.action().form.label();
         let rate = authorized.rate().cloned();
         let answer = self
-            .timed(Stage::Upstream, self.forwarder.forward(authorized))
+            .timed(
+                Stage::Upstream,
+                Box::pin(self.forwarder.forward(authorized)),
+            )
             .await;
         Ok(self.outcome(inbound, received, route, answer, rate).await)
     }
