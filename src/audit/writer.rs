@@ -562,33 +562,29 @@ fn run_writer(mut chain: Chain, rx: mpsc::Receiver<Job>, shared: Arc<Shared>) {
         // from the submitted one (which serialised) only in fixed-type fields, so it cannot fail
         // to serialise; if it ever did, the record is not written and its (departed) caller
         // gets the error — the client was already answered 503 audit_unavailable.
-        let mut kept: Vec<(Job, Option<String>)> = Vec::with_capacity(batch.len());
-        for job in batch {
-            let form = match &job.ticket {
-                Some(t) if !t.take() => record_fields(&t.record.clone().abandoned()).map(Some),
-                _ => Ok(None),
-            };
-            match form {
-                Ok(form) => kept.push((job, form)),
-                Err(e) => {
-                    let _ = job.reply.send(Err(AuditError::Serialize(e)));
-                }
-            }
-        }
-        // Split each job into what is written and whom to answer; answers are taken out as
+        // Each job is split into what is written and whom to answer; answers are taken out as
         // they are given, so none is given twice.
         let mut replies: Vec<Option<oneshot::Sender<Result<Committed, AuditError>>>> =
-            Vec::with_capacity(kept.len());
-        let mut lines: Vec<(LineKind, String)> = Vec::with_capacity(kept.len());
+            Vec::with_capacity(batch.len());
+        let mut lines: Vec<(LineKind, String)> = Vec::with_capacity(batch.len());
         let mut barriers = Vec::new();
-        for (job, form) in kept {
-            match job.kind {
-                Some(kind) => {
-                    replies.push(Some(job.reply));
-                    lines.push((kind, form.unwrap_or(job.fields)));
-                }
-                None => barriers.push(job.reply),
-            }
+        for job in batch {
+            let Some(kind) = job.kind else {
+                barriers.push(job.reply);
+                continue;
+            };
+            let fields = match &job.ticket {
+                Some(t) if !t.take() => match record_fields(&t.record.clone().abandoned()) {
+                    Ok(abandoned) => abandoned,
+                    Err(e) => {
+                        let _ = job.reply.send(Err(AuditError::Serialize(e)));
+                        continue;
+                    }
+                },
+                _ => job.fields,
+            };
+            replies.push(Some(job.reply));
+            lines.push((kind, fields));
         }
         // Every job before a barrier is in this batch or an earlier one, settled by the time
         // this batch is (FIFO, one batch at a time).

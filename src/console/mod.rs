@@ -190,8 +190,8 @@ impl Signed {
     fn viewer(&self) -> html::Viewer<'_> {
         let d = &self.session.data;
         html::Viewer {
-            name: d.name.as_deref().unwrap_or(""),
-            upn: d.upn.as_deref().unwrap_or(&d.oid),
+            name: d.who.name.as_deref().unwrap_or(""),
+            upn: d.who.upn.as_deref().unwrap_or(&d.who.oid),
             approver: self.approver,
             auditor: self.auditor,
             csrf: &d.csrf,
@@ -200,8 +200,8 @@ impl Signed {
 
     fn person(&self) -> ApprovalPerson {
         ApprovalPerson {
-            oid: self.session.data.oid.clone(),
-            upn: self.session.data.upn.clone(),
+            oid: self.session.data.who.oid.clone(),
+            upn: self.session.data.who.upn.clone(),
         }
     }
 
@@ -214,14 +214,14 @@ impl Signed {
 
 fn operator_of(d: &SessionData, client_id: &str) -> Operator {
     Operator {
-        oid: d.oid.clone(),
-        tid: d.tid.clone(),
+        oid: d.who.oid.clone(),
+        tid: d.who.tid.clone(),
         kind: OperatorKind::User,
-        upn: d.upn.clone(),
+        upn: d.who.upn.clone(),
         client_app_id: Some(client_id.to_string()),
-        groups: d.groups.clone(),
-        groups_overage: d.groups_overage,
-        roles: d.roles.clone(),
+        groups: d.who.groups.clone(),
+        groups_overage: d.who.groups_overage,
+        roles: d.who.roles.clone(),
         scopes: Vec::new(),
         token_version: TokenVersion::V2,
     }
@@ -427,7 +427,7 @@ async fn route(cx: &Cx, req: server::Request) -> Reply {
         return sign_out(cx, req, &signed).await;
     }
     if !signed.approver && !signed.auditor {
-        return pages::no_role(&signed.viewer(), signed.session.data.groups_overage);
+        return pages::no_role(&signed.viewer(), signed.session.data.who.groups_overage);
     }
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     match (method.as_str(), segs.as_slice()) {
@@ -643,13 +643,7 @@ async fn callback_inner(
         upn: id.upn.clone(),
     };
     let data = SessionData {
-        oid: id.oid.clone(),
-        tid: id.tid.clone(),
-        upn: id.upn.clone(),
-        name: id.name.clone(),
-        groups: id.groups.clone(),
-        groups_overage: id.groups_overage,
-        roles: id.roles.clone(),
+        who: id.clone(),
         csrf: csrf::new_token(),
         created_at: cx.now,
         last_seen: cx.now,

@@ -107,7 +107,7 @@ impl OidcError {
 }
 
 /// Who signed in, from a verified ID token.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Identity {
     /// Lower-case GUID.
     pub oid: String,

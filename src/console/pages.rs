@@ -315,7 +315,7 @@ pub(super) async fn pending(cx: &Cx, signed: &Signed) -> Reply {
             decide_form(id, &signed.session.data.csrf)
         } else if r["requester"]["oid"]
             .as_str()
-            .is_some_and(|o| o.eq_ignore_ascii_case(&signed.session.data.oid))
+            .is_some_and(|o| o.eq_ignore_ascii_case(&signed.session.data.who.oid))
         {
             "<span class=\"none\">Your own request: another approver decides.</span>".into()
         } else {

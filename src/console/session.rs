@@ -130,13 +130,9 @@ pub struct SignIn {
 /// A signed-in person's session, as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionData {
-    pub oid: String,
-    pub tid: String,
-    pub upn: Option<String>,
-    pub name: Option<String>,
-    pub groups: Vec<String>,
-    pub groups_overage: bool,
-    pub roles: Vec<String>,
+    /// Who signed in, as their ID token said (stored flattened: the same JSON as before).
+    #[serde(flatten)]
+    pub who: super::oidc::Identity,
     pub csrf: String,
     pub created_at: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
@@ -302,13 +298,15 @@ mod tests {
 
     fn data(now: DateTime<Utc>) -> SessionData {
         SessionData {
-            oid: "o".into(),
-            tid: "t".into(),
-            upn: None,
-            name: None,
-            groups: vec![],
-            groups_overage: false,
-            roles: vec![],
+            who: crate::console::oidc::Identity {
+                oid: "o".into(),
+                tid: "t".into(),
+                upn: None,
+                name: None,
+                groups: vec![],
+                groups_overage: false,
+                roles: vec![],
+            },
             csrf: "c".into(),
             created_at: now,
             last_seen: now,

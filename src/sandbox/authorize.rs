@@ -11,6 +11,8 @@ use super::jwt::now;
 use super::server::{reply, set_header, Incoming, Reply};
 use super::tenant::OperatorKind;
 use super::Shared;
+// The console's one escaping helper (also replaces control and bidi characters).
+use crate::console::html::esc;
 
 /// How long an authorization code can be redeemed (Entra: about 10 minutes).
 pub(crate) const CODE_LIFETIME: i64 = 600;
@@ -25,21 +27,6 @@ pub(crate) struct IssuedCode {
     pub(crate) code_challenge: Option<String>,
     pub(crate) scope: String,
     pub(crate) issued_at: i64,
-}
-
-fn esc(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&#39;"),
-            c => o.push(c),
-        }
-    }
-    o
 }
 
 /// An Entra-style error page (shown, not redirected: the redirect URI itself is in doubt).
