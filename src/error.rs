@@ -84,6 +84,7 @@ pub enum Reason {
     AppTokenUnavailable,
     UpstreamUnreachable,
     UpstreamTimeout,
+    UpstreamBusy,
     // --- not a refusal: the policy admitted the request ---
     Allowed,
 }
@@ -140,6 +141,7 @@ impl Reason {
             Reason::AppTokenUnavailable => "app_token_unavailable",
             Reason::UpstreamUnreachable => "upstream_unreachable",
             Reason::UpstreamTimeout => "upstream_timeout",
+            Reason::UpstreamBusy => "upstream_busy",
             Reason::Allowed => "allowed",
         }
     }
@@ -194,6 +196,7 @@ impl Reason {
             | Reason::AppTokenUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Reason::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Reason::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
             Reason::Allowed => StatusCode::OK,
         }
     }

@@ -797,6 +797,9 @@ fn forward_message(e: &ForwardError) -> &'static str {
         ForwardError::AppToken(_) => {
             "passgate could not obtain its app token from Entra ID; nothing was forwarded, retry later"
         }
+        ForwardError::Busy(_) => {
+            "passgate's connections to Microsoft Graph stayed busy; nothing was forwarded, retry later"
+        }
         ForwardError::Timeout(_) => {
             "Microsoft Graph did not answer in time; the action may or may not have run, check the device before retrying"
         }
@@ -811,6 +814,7 @@ fn forward_reason(e: &ForwardError) -> Reason {
     match e {
         ForwardError::AppToken(_) => Reason::AppTokenUnavailable,
         ForwardError::Timeout(_) => Reason::UpstreamTimeout,
+        ForwardError::Busy(_) => Reason::UpstreamBusy,
         ForwardError::Unreachable(_) | ForwardError::Request(_) => Reason::UpstreamUnreachable,
     }
 }

@@ -14,6 +14,7 @@ use crate::console::store::{MemorySessions, SessionStore};
 use crate::flood::PreAuthBudget;
 use crate::graph::facts::FactsClient;
 use crate::graph::forward::Forwarder;
+use crate::graph::slots::GraphSlots;
 use crate::graph::token::{AppCredential, AppTokenProvider};
 use crate::lifecycle::ConnInfo;
 use crate::outbound;
@@ -688,7 +689,12 @@ pub async fn build_gateway(settings: &Settings, shared: &Shared) -> Result<Gatew
     // Validated when the config was loaded; a value that somehow fails still gets a budget.
     let (n, per) = crate::config::parse_rate(&settings.graph.facts_lookups_per_operator)
         .unwrap_or((60, Duration::from_secs(60)));
-    let facts = facts.with_operator_budget(n, per);
+    // One cap on the pipeline's requests to Graph, shared by the facts reads and the forwards.
+    let slots = GraphSlots::new(
+        settings.graph.max_concurrent_requests,
+        Duration::from_secs(settings.graph.queue_timeout_seconds),
+    );
+    let facts = facts.with_operator_budget(n, per).with_slots(slots.clone());
     let mut webhooks = std::collections::BTreeMap::new();
     for (policy, rule) in &settings.approvals {
         if let Some(r) = &rule.webhook {
@@ -752,6 +758,7 @@ pub async fn build_gateway(settings: &Settings, shared: &Shared) -> Result<Gatew
         ep.graph.clone(),
         tokens.clone(),
         Duration::from_secs(settings.graph.action_timeout_seconds),
+        slots,
     );
     shared.metrics.declare_break_glass_policies(
         settings

@@ -193,6 +193,57 @@ async fn slow_action_is_504_upstream_timeout_and_the_post_is_sent_exactly_once()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_that_finds_every_graph_slot_busy_is_503_upstream_busy_and_nothing_is_sent() {
+    let env = start_cfg(
+        "  max_concurrent_requests: 1\n  queue_timeout_seconds: 1\n  action_timeout_seconds: 20",
+        "",
+    )
+    .await;
+    env.sandbox
+        .set_fault(Fault::ActionDelay(Duration::from_secs(4)));
+    // The first action takes the only slot and holds it while "Graph" works on it.
+    let (url, tok) = (action_url(&env, "kiosk-phone"), token(&env, "alice"));
+    let first = tokio::spawn(async move { send("POST", &url, &[bearer(&tok)], b"").await });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while env.sandbox.recover_passcode_calls().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the first action never reached Graph"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The second (facts cached by the first) queues for the slot and is refused after 1 s.
+    let t = Instant::now();
+    let r = alice(&env).await;
+    let took = t.elapsed();
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.code(), "upstream_busy");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(3),
+        "refused at the 1 s queue timeout, took {took:?}"
+    );
+    assert_eq!(
+        env.sandbox.recover_passcode_calls().len(),
+        1,
+        "a request refused for want of a slot was never sent"
+    );
+    // The allow record was durable before the wait: its outcome says what the operator got.
+    assert_eq!(last_decision(&env)["decision"], "allow");
+    let o = last_outcome(&env);
+    assert_eq!(o["status"], 503);
+    assert_eq!(o["error"], "upstream_busy");
+    let first = first.await.expect("first request task");
+    assert_eq!(
+        first.status,
+        204,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
+    env.sandbox.set_fault(Fault::None);
+    still_healthy(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_hanging_up_mid_forward_still_gets_an_outcome_record() {
     let env = start().await;
     env.sandbox

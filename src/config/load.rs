@@ -265,6 +265,22 @@ impl Validator<'_> {
                 "a zero timeout would fail every forwarded action; the default is 30",
             ));
         }
+        if !(1..=10_000).contains(&raw.graph.max_concurrent_requests) {
+            return Err(self.err(
+                &gp.key("max_concurrent_requests"),
+                true,
+                format!("{} is outside 1..=10000", raw.graph.max_concurrent_requests),
+                "the default is 64; requests over it wait for a slot (graph.queue_timeout_seconds)",
+            ));
+        }
+        if !(1..=300).contains(&raw.graph.queue_timeout_seconds) {
+            return Err(self.err(
+                &gp.key("queue_timeout_seconds"),
+                true,
+                format!("{} is outside 1..=300", raw.graph.queue_timeout_seconds),
+                "the default is 5; a request waiting longer for a slot to Graph is refused upstream_busy",
+            ));
+        }
         if raw.graph.read_timeout_seconds == 0 {
             return Err(self.err(
                 &gp.key("read_timeout_seconds"),

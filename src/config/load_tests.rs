@@ -500,6 +500,25 @@ fn misc_values_are_checked() {
     check(&e, "audit.path: must not be empty", Some((11, 9)));
     let e = err(&format!("{BASE}graph:\n  action_timeout_seconds: 0\n"));
     check(&e, "graph.action_timeout_seconds", Some((21, 27)));
+    for bad in [
+        "max_concurrent_requests: 0",
+        "max_concurrent_requests: 10001",
+    ] {
+        let e = err(&format!("{BASE}graph:\n  {bad}\n"));
+        check(&e, "graph.max_concurrent_requests", Some((21, 28)));
+    }
+    for bad in ["queue_timeout_seconds: 0", "queue_timeout_seconds: 301"] {
+        let e = err(&format!("{BASE}graph:\n  {bad}\n"));
+        check(&e, "graph.queue_timeout_seconds", Some((21, 26)));
+    }
+    let s = ok(&format!(
+        "{BASE}graph:\n  max_concurrent_requests: 8\n  queue_timeout_seconds: 2\n"
+    ));
+    assert_eq!(s.graph.max_concurrent_requests, 8);
+    assert_eq!(s.graph.queue_timeout_seconds, 2);
+    let s = ok(BASE);
+    assert_eq!(s.graph.max_concurrent_requests, 64);
+    assert_eq!(s.graph.queue_timeout_seconds, 5);
     let e = err(&format!("{BASE}server2: 1\n"));
     check(&e, "unknown field", None);
 }

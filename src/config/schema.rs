@@ -402,6 +402,13 @@ pub struct GraphConfig {
     /// Refresh the app token this many seconds before it expires. Default 300.
     #[serde(default = "default_refresh_ahead")]
     pub token_refresh_ahead_seconds: u64,
+    /// Most requests the action pipeline has in flight to Graph at once (device facts and
+    /// forwards). Default 64.
+    #[serde(default = "default_max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
+    /// How long a request waits for one of those slots before it is refused, seconds. Default 5.
+    #[serde(default = "default_queue_timeout")]
+    pub queue_timeout_seconds: u64,
 }
 
 impl Default for GraphConfig {
@@ -413,8 +420,17 @@ impl Default for GraphConfig {
             facts_cache_max_entries: default_facts_max_entries(),
             facts_lookups_per_operator: default_facts_lookups(),
             token_refresh_ahead_seconds: default_refresh_ahead(),
+            max_concurrent_requests: default_max_concurrent_requests(),
+            queue_timeout_seconds: default_queue_timeout(),
         }
     }
+}
+
+fn default_max_concurrent_requests() -> usize {
+    crate::graph::slots::DEFAULT_MAX_CONCURRENT
+}
+fn default_queue_timeout() -> u64 {
+    crate::graph::slots::DEFAULT_QUEUE_TIMEOUT.as_secs()
 }
 
 fn default_action_timeout() -> u64 {

@@ -2,6 +2,7 @@
 //! app token (read-only calls only). Never calls an action endpoint; produces the policy's own
 //! [`DeviceFacts`] type, so the pure decision never depends on this module.
 
+use super::slots::{Busy, GraphSlots};
 use super::token::{AppTokenProvider, TokenError};
 use crate::outbound::{self, HttpsClient};
 use crate::policy::DeviceFacts;
@@ -54,6 +55,8 @@ pub enum FactsFailure {
     Malformed(#[source] Arc<serde_json::Error>),
     #[error("the request to Graph could not be built")]
     Request(#[source] Arc<http::Error>),
+    #[error("no request slot to Graph came free")]
+    Busy(#[source] Busy),
     #[error("Graph's answer lacks {0}")]
     Missing(&'static str),
     #[error("the Entra device vanished during the lookup")]
@@ -93,6 +96,8 @@ pub struct FactsClient {
     budget: Option<(u32, Duration)>,
     /// oid → (window start, lookups in it).
     spent: Mutex<HashMap<String, (Instant, u32)>>,
+    /// Shared with the forwarder: the cap on the pipeline's requests to Graph.
+    slots: GraphSlots,
 }
 
 /// Default bound on facts cache entries.
@@ -117,7 +122,14 @@ impl FactsClient {
             max_entries: DEFAULT_FACTS_CACHE_MAX_ENTRIES,
             budget: None,
             spent: Mutex::new(HashMap::new()),
+            slots: GraphSlots::default(),
         }
+    }
+
+    /// Shares the gateway's cap on requests to Graph (`graph.max_concurrent_requests`).
+    pub fn with_slots(mut self, slots: GraphSlots) -> FactsClient {
+        self.slots = slots;
+        self
     }
 
     /// Bounds the cache to `n` entries (at least 1).
@@ -233,6 +245,11 @@ impl FactsClient {
         req: Result<http::Request<Full<Bytes>>, http::Error>,
     ) -> Result<(http::StatusCode, serde_json::Value), FactsError> {
         let req = req.map_err(|e| FactsFailure::Request(Arc::new(e)).at(step))?;
+        let _slot = self
+            .slots
+            .take()
+            .await
+            .map_err(|e| FactsFailure::Busy(e).at(step))?;
         let resp = outbound::fetch(&self.client, req, self.timeout, MAX_BODY)
             .await
             .map_err(|e| FactsFailure::Fetch(Arc::new(e)).at(step))?;

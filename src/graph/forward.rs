@@ -3,6 +3,7 @@
 //! authorised and recorded" cannot be written. It never retries the POST and never passes an
 //! inbound header through.
 
+use super::slots::{Busy, GraphSlots};
 use super::token::{AppTokenProvider, TokenError};
 use crate::audit::Authorized;
 use crate::outbound::{self, HttpsClient};
@@ -27,6 +28,9 @@ const RETURNED_HEADERS: [&str; 4] = [
 pub enum ForwardError {
     #[error("app token unavailable")]
     AppToken(#[from] TokenError),
+    /// Every slot to Graph stayed busy for the queue timeout: nothing was sent.
+    #[error("no request slot to Graph came free")]
+    Busy(#[source] Busy),
     #[error("Graph did not answer within {0:?}; the action may or may not have run")]
     Timeout(Duration),
     #[error("Graph unreachable")]
@@ -52,6 +56,7 @@ pub struct Forwarder {
     graph_root: String,
     tokens: Arc<AppTokenProvider>,
     timeout: Duration,
+    slots: GraphSlots,
 }
 
 impl Forwarder {
@@ -60,12 +65,14 @@ impl Forwarder {
         graph_root: String,
         tokens: Arc<AppTokenProvider>,
         timeout: Duration,
+        slots: GraphSlots,
     ) -> Forwarder {
         Forwarder {
             client,
             graph_root,
             tokens,
             timeout,
+            slots,
         }
     }
 
@@ -96,6 +103,9 @@ impl Forwarder {
             .body(Full::new(Bytes::new()))
             .map_err(ForwardError::Request)?;
         drop(authorized);
+        // The action timeout starts once a slot is taken: queueing has its own bound, and a
+        // request refused for want of a slot was certainly never sent.
+        let _slot = self.slots.take().await.map_err(ForwardError::Busy)?;
         let resp = outbound::fetch(&self.client, req, self.timeout, MAX_UPSTREAM_BODY)
             .await
             .map_err(|e| match e {

@@ -4,4 +4,5 @@
 pub mod facts;
 pub mod forward;
 pub mod names;
+pub mod slots;
 pub mod token;
