@@ -11,6 +11,8 @@
 #   BENCH_NO_BUILD=1 skip `cargo build --release`
 #   BENCH_COLD_TOKENS distinct tokens minted for the cold-token run (default 30000; its run stops
 #                    short of using one twice)
+#   BENCH_TMPFS      a tmpfs directory for the diagnostic rows with the audit file in memory
+#                    (default /dev/shm; the rows are skipped if it is not a tmpfs)
 #   BENCH_PERF=1     sample passgate with `perf record -e cpu-clock` during its first main run and
 #                    print the top symbols (needs linux-perf; hardware counters are not needed)
 set -euo pipefail
@@ -65,6 +67,7 @@ PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  [[ -n ${TMPFS_T:-} ]] && rm -rf "$TMPFS_T"
   if [[ -n ${BENCH_KEEP:-} ]]; then log "kept $T"; else rm -rf "$T"; fi
 }
 trap cleanup EXIT
@@ -88,7 +91,7 @@ for _ in range(int(sys.argv[1])):
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 }
-read -r GRAPH_PORT PROXY_PORT PG_PORT ADMIN_PORT PG2_PORT ADMIN2_PORT REDIS_PORT PG3_PORT ADMIN3_PORT <<<"$(free_ports 9)"
+read -r GRAPH_PORT PROXY_PORT PG_PORT ADMIN_PORT PG2_PORT ADMIN2_PORT REDIS_PORT PG3_PORT ADMIN3_PORT PG4_PORT ADMIN4_PORT <<<"$(free_ports 11)"
 GRAPH=http://127.0.0.1:$GRAPH_PORT
 
 # ---------------------------------------------------------------- fake Entra + Graph (static nginx)
@@ -361,6 +364,26 @@ if ((half > 0)); then
   run passgate-paced "$PG_MAIN_PID" "http://127.0.0.1:$PG_PORT$ACTION_PATH" "$c" "$DUR" "$HALF_DELAY_MS"
 fi
 
+# Diagnostic: the same passgate with its audit file on a tmpfs, where fsync returns at once. Not
+# a setting anyone should deploy (a record in memory is no record); it shows what the audit
+# disk's fsync costs on this machine, next to the rows above: closed loop at the first
+# connection count, and paced at the same target rate as passgate-paced.
+TMPFS_DIR=${BENCH_TMPFS:-/dev/shm}
+AUDIT4=""
+if [[ $(stat -f -c %T "$TMPFS_DIR" 2>/dev/null) == tmpfs ]]; then
+  TMPFS_T=$(mktemp -d "$TMPFS_DIR/passgate-bench.XXXXXX")
+  AUDIT4=$TMPFS_T/audit-tmpfs.jsonl
+  start_passgate "$PG4_PORT" "$ADMIN4_PORT" "$AUDIT4" pg-tmpfs
+  PG_TMPFS_PID=$PG_PID
+  run passgate-tmpfs "$PG_TMPFS_PID" "http://127.0.0.1:$PG4_PORT$ACTION_PATH" "$c_cold" "$DUR"
+  if ((half > 0)); then
+    c=$(paced_conns "http://127.0.0.1:$PG4_PORT$ACTION_PATH")
+    run passgate-tmpfs-paced "$PG_TMPFS_PID" "http://127.0.0.1:$PG4_PORT$ACTION_PATH" "$c" "$DUR" "$HALF_DELAY_MS"
+  fi
+else
+  log "$TMPFS_DIR is not a tmpfs: skipping the audit-on-tmpfs diagnostic rows"
+fi
+
 metric_sum() { # admin_port decision -> sum of passgate_requests_total for that decision
   curl -s "http://127.0.0.1:$1/metrics" |
     awk -v d="$2" '/^passgate_requests_total\{/ && $0 ~ "decision=\"" d "\"" { s += $NF } END { printf "%d", s }'
@@ -369,6 +392,10 @@ allow1=$(metric_sum "$ADMIN_PORT" allow)
 deny1=$(metric_sum "$ADMIN_PORT" deny)
 allow3=$(metric_sum "$ADMIN3_PORT" allow)
 deny3=$(metric_sum "$ADMIN3_PORT" deny)
+if [[ -n $AUDIT4 ]]; then
+  allow4=$(metric_sum "$ADMIN4_PORT" allow)
+  deny4=$(metric_sum "$ADMIN4_PORT" deny)
+fi
 # The smallest histogram bucket holding 99% of the admit round trips to Redis.
 state_p99=$(curl -s "http://127.0.0.1:$ADMIN3_PORT/metrics" | awk '
   /^passgate_state_duration_seconds_bucket\{/ && /op="admit"/ { split($0, a, "le=\""); split(a[2], b, "\""); n[b[1]] += $NF }
@@ -383,8 +410,8 @@ allow2=$(metric_sum "$ADMIN2_PORT" allow)
 deny2=$(metric_sum "$ADMIN2_PORT" deny)
 
 # Stop passgate gracefully (SIGTERM drains and closes the audit log), then verify both files.
-for p in "$PG_MAIN_PID" "$PG_C1000_PID" "$PG_REDIS_PID"; do kill -TERM "$p" 2>/dev/null || true; done
-for p in "$PG_MAIN_PID" "$PG_C1000_PID" "$PG_REDIS_PID"; do wait "$p" 2>/dev/null || true; done
+for p in "$PG_MAIN_PID" "$PG_C1000_PID" "$PG_REDIS_PID" ${PG_TMPFS_PID:-}; do kill -TERM "$p" 2>/dev/null || true; done
+for p in "$PG_MAIN_PID" "$PG_C1000_PID" "$PG_REDIS_PID" ${PG_TMPFS_PID:-}; do wait "$p" 2>/dev/null || true; done
 
 # ---------------------------------------------------------------- report
 echo
@@ -393,18 +420,20 @@ echo "wrk -t$THREADS, ${DUR}s per run, loopback; fake Entra/Graph = nginx static
 echo
 awk -F'\t' -v tck="$TCK" '
   BEGIN {
-    printf "%-15s %6s %10s %9s %9s %9s %12s %10s %8s\n", "path", "conns", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "CPU s/10k", "peak RSS", "non-2xx"
+    printf "%-20s %6s %10s %9s %9s %9s %12s %10s %8s\n", "path", "conns", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "CPU s/10k", "peak RSS", "non-2xx"
   }
   {
     rps = $4 / ($5 / 1e6)
     cpu = ($4 > 0) ? ($9 / tck) / $4 * 10000 : 0
-    printf "%-15s %6d %10.0f %9.3f %9.3f %9.3f %12.3f %7.1f MB %8d\n", $1, $2, rps, $6/1000, $7/1000, $8/1000, cpu, $10/1024, $11 + $12
+    printf "%-20s %6d %10.0f %9.3f %9.3f %9.3f %12.3f %7.1f MB %8d\n", $1, $2, rps, $6/1000, $7/1000, $8/1000, cpu, $10/1024, $11 + $12
     key = $1 "/" $2; R[key] = rps; P50[key] = $6; P99[key] = $7; P999[key] = $8
     if ($1 == "passgate") conns[$2] = 1
     C[key] = $2
     if ($1 == "direct-paced") pd = key
     if ($1 == "passgate-cold") { cold = rps; cold_c = $2; cold_n = $4 }
     if ($1 == "passgate-paced") pp = key
+    if ($1 == "passgate-tmpfs") { tm = key; tm_c = $2 }
+    if ($1 == "passgate-tmpfs-paced") tp = key
   }
   END {
     print ""
@@ -420,6 +449,13 @@ awk -F'\t' -v tck="$TCK" '
       printf "paced (~%d ms pause; target %d req/s): direct %.0f req/s on %d conns, passgate %.0f req/s on %d conns\n", '"$HALF_DELAY_MS"', '"$half"', R[pd], C[pd], R[pp], C[pp]
       printf "  passgate added latency over direct at that rate: p50 +%.3f ms, p99 +%.3f ms, p99.9 +%.3f ms\n",
         (P50[pp] - P50[pd]) / 1000, (P99[pp] - P99[pd]) / 1000, (P999[pp] - P999[pd]) / 1000
+    }
+    if (tm != "") {
+      printf "diagnostic, audit file on tmpfs (fsync is free there; never a deployment setting): c=%d %.0f req/s = %.2fx nginx (%.2fx passgate on disk)\n",
+        tm_c, R[tm], R[tm] / R["nginx/" tm_c], R[tm] / R["passgate/" tm_c]
+      if (tp != "" && pd != "")
+        printf "  paced at the same target: %.0f req/s; added latency over direct: p50 +%.3f ms, p99 +%.3f ms, p99.9 +%.3f ms\n",
+          R[tp], (P50[tp] - P50[pd]) / 1000, (P99[tp] - P99[pd]) / 1000, (P999[tp] - P999[pd]) / 1000
     }
   }' "$RESULTS"
 echo "(CPU = utime+stime of the proxy process(es) only: passgate's one process, or nginx master+workers; peak RSS = VmHWM, summed for nginx)"
@@ -469,4 +505,5 @@ fi
 check_audit "$AUDIT1" "$allow1" "$deny1"
 check_audit "$AUDIT2" "$allow2" "$deny2"
 check_audit "$AUDIT3" "$allow3" "$deny3"
+[[ -n $AUDIT4 ]] && check_audit "$AUDIT4" "$allow4" "$deny4"
 ((ok)) || exit 1
