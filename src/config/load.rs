@@ -1087,7 +1087,7 @@ impl Validator<'_> {
                 &lp.key("max_connections"),
                 true,
                 format!("{} is outside 1..=1000000", l.max_connections),
-                "the default is 512",
+                "the default is 256",
             ));
         }
         let unauthenticated_per_client = parse_rate(&l.unauthenticated_per_client).map_err(

@@ -778,7 +778,7 @@ fn server_limits_default_and_are_checked() {
     );
     assert_eq!(s.server.max_header_bytes, 65536);
     assert_eq!(s.server.max_headers, 64);
-    assert_eq!(s.server.max_connections, 512);
+    assert_eq!(s.server.max_connections, 256);
     assert_eq!(s.server.idle_timeout, std::time::Duration::from_secs(60));
     assert_eq!(s.server.h2_max_concurrent_streams, 16);
     assert!(s.server.trusted_proxies.is_empty());

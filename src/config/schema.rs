@@ -146,7 +146,8 @@ pub struct ServerLimitsConfig {
     /// Upper bound on the number of header fields in an HTTP/1.1 request head. Default 64.
     #[serde(default = "default_max_headers")]
     pub max_headers: usize,
-    /// Connections served at once; further clients wait in the kernel's accept queue. Default 512.
+    /// Connections served at once; further clients wait in the kernel's accept queue. Default 256
+    /// (each served HTTP/1.1 connection costs ~45 KB; see docs/performance.md).
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// A connection with no request in flight for this long is closed. Default 60.
@@ -210,7 +211,7 @@ fn default_max_headers() -> usize {
     64
 }
 fn default_max_connections() -> usize {
-    512
+    256
 }
 fn default_idle_timeout() -> u64 {
     60

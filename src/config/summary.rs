@@ -118,7 +118,7 @@ fn write_summary(o: &mut String, s: &Settings) -> std::fmt::Result {
     let g = &s.graph;
     writeln!(
         o,
-        "graph calls   action timeout {}s, read timeout {}s, facts cache {}, token refresh {}s ahead",
+        "graph calls   action timeout {}s, read timeout {}s, facts cache {}, token refresh {}s ahead, at most {} in flight (queue {}s)",
         g.action_timeout_seconds,
         g.read_timeout_seconds,
         if g.facts_cache_ttl_seconds == 0 {
@@ -126,7 +126,9 @@ fn write_summary(o: &mut String, s: &Settings) -> std::fmt::Result {
         } else {
             format!("{}s", g.facts_cache_ttl_seconds)
         },
-        g.token_refresh_ahead_seconds
+        g.token_refresh_ahead_seconds,
+        g.max_concurrent_requests,
+        g.queue_timeout_seconds
     )?;
     let mut audit_extra = Vec::new();
     if let Some(b) = s.audit.rotate_max_bytes {
