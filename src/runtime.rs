@@ -693,7 +693,8 @@ pub async fn build_gateway(settings: &Settings, shared: &Shared) -> Result<Gatew
     let slots = GraphSlots::new(
         settings.graph.max_concurrent_requests,
         Duration::from_secs(settings.graph.queue_timeout_seconds),
-    );
+    )
+    .with_gauge(shared.metrics.graph_in_flight.clone());
     let facts = facts.with_operator_budget(n, per).with_slots(slots.clone());
     let mut webhooks = std::collections::BTreeMap::new();
     for (policy, rule) in &settings.approvals {
@@ -760,6 +761,11 @@ pub async fn build_gateway(settings: &Settings, shared: &Shared) -> Result<Gatew
         Duration::from_secs(settings.graph.action_timeout_seconds),
         slots,
     );
+    // Set last, once nothing can fail: a reload that is refused leaves the gauge as it was.
+    shared
+        .metrics
+        .graph_max_concurrent
+        .set(settings.graph.max_concurrent_requests as i64);
     shared.metrics.declare_break_glass_policies(
         settings
             .policies

@@ -43,6 +43,10 @@ pub struct Metrics {
     /// 1 while the config file differs from the running process on a restart-only key.
     pub config_restart_required: IntGauge,
     pub in_flight: IntGauge,
+    /// Requests the action pipeline has in flight to Graph (device facts, forwards).
+    pub graph_in_flight: IntGauge,
+    /// `graph.max_concurrent_requests` in force.
+    pub graph_max_concurrent: IntGauge,
     pub build_info: IntGaugeVec,
     /// Round trips to the rate-limit state backend, by backend and operation (admit, ping).
     pub state_latency: HistogramVec,
@@ -225,6 +229,20 @@ impl Metrics {
         .expect("static metric definition");
         r.register(Box::new(in_flight.clone()))
             .expect("metric registered once");
+        let graph_in_flight = IntGauge::new(
+            "passgate_graph_requests_in_flight",
+            "Requests the action pipeline has in flight to Graph (device facts and forwards), counted against graph.max_concurrent_requests.",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(graph_in_flight.clone()))
+            .expect("metric registered once");
+        let graph_max_concurrent = IntGauge::new(
+            "passgate_graph_max_concurrent_requests",
+            "graph.max_concurrent_requests in force: requests over it queue for a slot, then are refused upstream_busy.",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(graph_max_concurrent.clone()))
+            .expect("metric registered once");
         let build_info = IntGaugeVec::new(
             Opts::new("passgate_build_info", "Build information; always 1."),
             &["version"],
@@ -346,6 +364,8 @@ impl Metrics {
             config_last_reload_success,
             config_restart_required,
             in_flight,
+            graph_in_flight,
+            graph_max_concurrent,
             build_info,
             state_latency,
             state_errors,

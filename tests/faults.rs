@@ -232,7 +232,20 @@ async fn a_forward_that_finds_every_graph_slot_busy_is_503_upstream_busy_and_not
     let o = last_outcome(&env);
     assert_eq!(o["status"], 503);
     assert_eq!(o["error"], "upstream_busy");
+    // The first still holds the only slot; the operator's dashboard shows it at the cap.
+    assert_eq!(
+        metric(&env, "passgate_graph_requests_in_flight", &[]).await,
+        1.0
+    );
+    assert_eq!(
+        metric(&env, "passgate_graph_max_concurrent_requests", &[]).await,
+        1.0
+    );
     let first = first.await.expect("first request task");
+    assert_eq!(
+        metric(&env, "passgate_graph_requests_in_flight", &[]).await,
+        0.0
+    );
     assert_eq!(
         first.status,
         204,

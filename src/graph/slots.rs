@@ -2,6 +2,7 @@
 //! most `graph.max_concurrent_requests` in flight, the rest queue for a slot for at most
 //! `graph.queue_timeout_seconds`. A slot is held for one request and its answer, never longer.
 
+use prometheus::IntGauge;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -25,11 +26,24 @@ pub struct GraphSlots {
     free: Arc<Semaphore>,
     max: usize,
     queue_timeout: Duration,
+    /// `passgate_graph_requests_in_flight`, when the gateway's metrics are attached.
+    gauge: Option<IntGauge>,
 }
 
 /// One request's right to be in flight; the slot frees when this drops.
 #[derive(Debug)]
-pub struct GraphSlot(#[allow(dead_code)] OwnedSemaphorePermit);
+pub struct GraphSlot {
+    _permit: OwnedSemaphorePermit,
+    gauge: Option<IntGauge>,
+}
+
+impl Drop for GraphSlot {
+    fn drop(&mut self) {
+        if let Some(g) = &self.gauge {
+            g.dec();
+        }
+    }
+}
 
 impl GraphSlots {
     /// `max` is at least 1 (config validation refuses 0).
@@ -39,7 +53,14 @@ impl GraphSlots {
             free: Arc::new(Semaphore::new(max)),
             max,
             queue_timeout,
+            gauge: None,
         }
+    }
+
+    /// Counts slots in use in `in_flight` (shared across reloads: it sums every live gateway's).
+    pub fn with_gauge(mut self, in_flight: IntGauge) -> GraphSlots {
+        self.gauge = Some(in_flight);
+        self
     }
 
     /// Waits for a free slot, at most the queue timeout (FIFO: tokio's semaphore is fair).
@@ -49,7 +70,15 @@ impl GraphSlots {
             waited: self.queue_timeout,
         };
         match tokio::time::timeout(self.queue_timeout, self.free.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(GraphSlot(permit)),
+            Ok(Ok(permit)) => {
+                if let Some(g) = &self.gauge {
+                    g.inc();
+                }
+                Ok(GraphSlot {
+                    _permit: permit,
+                    gauge: self.gauge.clone(),
+                })
+            }
             // The semaphore is never closed; a closed one admits nobody, like a full one.
             Ok(Err(_)) | Err(_) => Err(busy),
         }
@@ -103,6 +132,20 @@ mod tests {
             .expect("task")
             .expect("the freed slot goes to the waiter");
         assert_eq!(slots.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_gauge_counts_slots_in_use() {
+        let gauge = IntGauge::new("t_in_flight", "test").expect("gauge");
+        let slots = GraphSlots::new(2, Duration::from_millis(20)).with_gauge(gauge.clone());
+        let a = slots.take().await.expect("slot");
+        let b = slots.take().await.expect("slot");
+        assert_eq!(gauge.get(), 2);
+        assert!(slots.take().await.is_err());
+        assert_eq!(gauge.get(), 2, "a refused wait takes nothing");
+        drop(a);
+        drop(b);
+        assert_eq!(gauge.get(), 0);
     }
 
     #[test]
