@@ -8,30 +8,31 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// jemalloc instead of glibc's malloc: allocation is a fifth of passgate's CPU per request under
-/// glibc (`malloc`/`free`/`malloc_consolidate` in the profile); with jemalloc the bench spends
-/// 20–30 % less CPU per request. See docs/performance.md.
+/// jemalloc instead of glibc's malloc (the default `jemalloc` feature, Linux glibc targets).
 #[cfg(all(feature = "jemalloc", target_os = "linux", not(target_env = "musl")))]
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+mod allocator {
+    /// Allocation is a fifth of passgate's CPU per request under glibc (`malloc`/`free`/
+    /// `malloc_consolidate` in the profile); with jemalloc the bench spends 20–30 % less CPU per
+    /// request. See docs/performance.md.
+    #[global_allocator]
+    static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// jemalloc's own `malloc_conf` (prefixed `_rjem_` by tikv-jemalloc-sys): give freed pages back
-/// to the kernel after a second instead of ten, so a burst of connections does not leave the
-/// process holding its peak (measured: peak RSS at 1,000 connections back to glibc's level,
-/// most of the CPU gain kept). `_RJEM_MALLOC_CONF` in the environment still overrides it.
-#[cfg(all(feature = "jemalloc", target_os = "linux", not(target_env = "musl")))]
-#[export_name = "_rjem_malloc_conf"]
-static JEMALLOC_CONF: JemallocConf = JemallocConf(c"dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr());
+    /// jemalloc's own `malloc_conf` (prefixed `_rjem_` by tikv-jemalloc-sys): give freed pages
+    /// back to the kernel after a second instead of ten, so a burst of connections does not leave
+    /// the process holding its peak (measured: peak RSS at 1,000 connections back to glibc's
+    /// level, most of the CPU gain kept). `_RJEM_MALLOC_CONF` in the environment still overrides it.
+    #[export_name = "_rjem_malloc_conf"]
+    static JEMALLOC_CONF: JemallocConf =
+        JemallocConf(c"dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr());
 
-/// A C string pointer jemalloc reads at start-up (`const char *malloc_conf`).
-#[cfg(all(feature = "jemalloc", target_os = "linux", not(target_env = "musl")))]
-#[repr(transparent)]
-struct JemallocConf(*const std::ffi::c_char);
+    /// A C string pointer jemalloc reads at start-up (`const char *malloc_conf`).
+    #[repr(transparent)]
+    struct JemallocConf(*const std::ffi::c_char);
 
-// SAFETY: the pointer is to an immutable, NUL-terminated static byte string; nothing writes it,
-// and jemalloc only reads it.
-#[cfg(all(feature = "jemalloc", target_os = "linux", not(target_env = "musl")))]
-unsafe impl Sync for JemallocConf {}
+    // SAFETY: the pointer is to an immutable, NUL-terminated static byte string; nothing writes
+    // it, and jemalloc only reads it.
+    unsafe impl Sync for JemallocConf {}
+}
 
 #[derive(Parser)]
 #[command(

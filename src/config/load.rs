@@ -9,6 +9,7 @@ use super::schema::{
 use super::settings::{Endpoints, OperatorAuthSettings, ServerSettings, Settings};
 use crate::policy::{BreakGlass, JustificationRule, Limit, LimitScope, Pattern, PolicySettings};
 use std::collections::{BTreeSet, HashMap};
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 mod console;
@@ -265,22 +266,18 @@ impl Validator<'_> {
                 "a zero timeout would fail every forwarded action; the default is 30",
             ));
         }
-        if !(1..=10_000).contains(&raw.graph.max_concurrent_requests) {
-            return Err(self.err(
-                &gp.key("max_concurrent_requests"),
-                true,
-                format!("{} is outside 1..=10000", raw.graph.max_concurrent_requests),
-                "the default is 64; requests over it wait for a slot (graph.queue_timeout_seconds)",
-            ));
-        }
-        if !(1..=300).contains(&raw.graph.queue_timeout_seconds) {
-            return Err(self.err(
-                &gp.key("queue_timeout_seconds"),
-                true,
-                format!("{} is outside 1..=300", raw.graph.queue_timeout_seconds),
-                "the default is 5; a request waiting longer for a slot to Graph is refused upstream_busy",
-            ));
-        }
+        self.bounded(
+            &gp.key("max_concurrent_requests"),
+            raw.graph.max_concurrent_requests,
+            1..=10_000,
+            "the default is 64; requests over it wait for a slot (graph.queue_timeout_seconds)",
+        )?;
+        self.bounded(
+            &gp.key("queue_timeout_seconds"),
+            raw.graph.queue_timeout_seconds,
+            1..=300,
+            "the default is 5; a request waiting longer for a slot to Graph is refused upstream_busy",
+        )?;
         if raw.graph.read_timeout_seconds == 0 {
             return Err(self.err(
                 &gp.key("read_timeout_seconds"),
@@ -304,17 +301,12 @@ impl Validator<'_> {
                 &hint,
             ));
         }
-        if !(1..=1_000_000).contains(&raw.graph.facts_cache_max_entries) {
-            return Err(self.err(
-                &root.key("graph").key("facts_cache_max_entries"),
-                true,
-                format!(
-                    "{} is outside 1..=1000000",
-                    raw.graph.facts_cache_max_entries
-                ),
-                "the default is 10000",
-            ));
-        }
+        self.bounded(
+            &root.key("graph").key("facts_cache_max_entries"),
+            raw.graph.facts_cache_max_entries,
+            1..=1_000_000,
+            "the default is 10000",
+        )?;
         if raw.graph.facts_cache_ttl_seconds > MAX_FACTS_CACHE_TTL_SECONDS {
             return Err(self.err(&root.key("graph").key("facts_cache_ttl_seconds"), true, format!("{} s is more than the {MAX_FACTS_CACHE_TTL_SECONDS} s allowed", raw.graph.facts_cache_ttl_seconds), "a device removed from its group stays recoverable for this long; the default is 300"));
         }
@@ -693,6 +685,22 @@ impl Validator<'_> {
         })
     }
 
+    /// A number within `range`, or a located error ("N is outside A..=B") with `hint`.
+    fn bounded<T>(&self, at: &KeyPath, value: T, range: RangeInclusive<T>, hint: &str) -> R<()>
+    where
+        T: PartialOrd + std::fmt::Display,
+    {
+        if range.contains(&value) {
+            return Ok(());
+        }
+        Err(self.err(
+            at,
+            true,
+            format!("{value} is outside {}..={}", range.start(), range.end()),
+            hint,
+        ))
+    }
+
     /// A duration (`30m`, `24h`) within `min..=max`, or a located error with `hint`.
     fn bounded_duration(
         &self,
@@ -1066,41 +1074,33 @@ impl Validator<'_> {
             "seconds after which a connection is closed at its next idle moment; the default is 300",
         )?;
         // hyper refuses (panics on) a read buffer below 8 KiB; 16 MiB is far past any real head.
-        if !(8192..=16 * 1024 * 1024).contains(&l.max_header_bytes) {
-            return Err(self.err(
-                &lp.key("max_header_bytes"),
-                true,
-                format!("{} is outside 8192..=16777216", l.max_header_bytes),
-                "the default 65536 fits an Entra token with many group claims",
-            ));
-        }
-        if !(1..=1024).contains(&l.max_headers) {
-            return Err(self.err(
-                &lp.key("max_headers"),
-                true,
-                format!("{} is outside 1..=1024", l.max_headers),
-                "the default is 64",
-            ));
-        }
-        if l.max_connections == 0 || l.max_connections > 1_000_000 {
-            return Err(self.err(
-                &lp.key("max_connections"),
-                true,
-                format!("{} is outside 1..=1000000", l.max_connections),
-                "the default is 256",
-            ));
-        }
+        self.bounded(
+            &lp.key("max_header_bytes"),
+            l.max_header_bytes,
+            8192..=16 * 1024 * 1024,
+            "the default 65536 fits an Entra token with many group claims",
+        )?;
+        self.bounded(
+            &lp.key("max_headers"),
+            l.max_headers,
+            1..=1024,
+            "the default is 64",
+        )?;
+        self.bounded(
+            &lp.key("max_connections"),
+            l.max_connections,
+            1..=1_000_000,
+            "the default is 256",
+        )?;
         let unauthenticated_per_client = parse_rate(&l.unauthenticated_per_client).map_err(
             |(message, hint)| self.err(&lp.key("unauthenticated_per_client"), true, message, &format!("{hint}; refusals before authentication past it are answered 429 and summarised, the default is `20 per 1s`")),
         )?;
-        if !(1..=3600).contains(&l.unauthenticated_summary_seconds) {
-            return Err(self.err(
-                &lp.key("unauthenticated_summary_seconds"),
-                true,
-                format!("{} is outside 1..=3600", l.unauthenticated_summary_seconds),
-                "how long throttled refusals are counted before one summary record per client and reason is written; the default is 60",
-            ));
-        }
+        self.bounded(
+            &lp.key("unauthenticated_summary_seconds"),
+            l.unauthenticated_summary_seconds,
+            1..=3600,
+            "how long throttled refusals are counted before one summary record per client and reason is written; the default is 60",
+        )?;
         if l.h2_max_concurrent_streams == 0 {
             return Err(self.err(
                 &lp.key("h2_max_concurrent_streams"),

@@ -84,8 +84,9 @@ impl GraphSlots {
         }
     }
 
-    /// Slots in use now (for tests and the readiness view).
-    pub fn in_use(&self) -> usize {
+    /// Slots in use now (production reads `passgate_graph_requests_in_flight` instead).
+    #[cfg(test)]
+    fn in_use(&self) -> usize {
         self.max - self.free.available_permits()
     }
 }
