@@ -60,6 +60,7 @@ CONTRACT = {
     "passgate_report_policy_decisions_total": {"policy", "decision", "reason"},
     "passgate_graph_requests_in_flight": set(),
     "passgate_graph_max_concurrent_requests": set(),
+    "passgate_max_requests_in_flight": set(),
 }
 HISTOGRAMS = {"passgate_request_duration_seconds", "passgate_stage_duration_seconds",
               "passgate_audit_fsync_duration_seconds", "passgate_state_duration_seconds"}

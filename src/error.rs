@@ -85,6 +85,9 @@ pub enum Reason {
     UpstreamUnreachable,
     UpstreamTimeout,
     UpstreamBusy,
+    /// Every request slot of the listener was taken (`server.limits.max_requests_in_flight`):
+    /// answered at once, before anything was read, and summarised in the audit trail.
+    GatewayBusy,
     // --- not a refusal: the policy admitted the request ---
     Allowed,
 }
@@ -142,6 +145,7 @@ impl Reason {
             Reason::UpstreamUnreachable => "upstream_unreachable",
             Reason::UpstreamTimeout => "upstream_timeout",
             Reason::UpstreamBusy => "upstream_busy",
+            Reason::GatewayBusy => "gateway_busy",
             Reason::Allowed => "allowed",
         }
     }
@@ -196,7 +200,7 @@ impl Reason {
             | Reason::AppTokenUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Reason::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Reason::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::UpstreamBusy | Reason::GatewayBusy => StatusCode::SERVICE_UNAVAILABLE,
             Reason::Allowed => StatusCode::OK,
         }
     }

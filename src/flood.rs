@@ -8,7 +8,9 @@
 //! (client, reason), and one `throttled` record with the count and the first and last time is
 //! written when the summary interval ends (or at shutdown). So a flood of garbage costs one
 //! fsynced line per client and reason per interval instead of one per request, and every request
-//! is still accounted for in the chain.
+//! is still accounted for in the chain. Requests shed because every request slot was taken
+//! (`server.limits.max_requests_in_flight`, reason `gateway_busy`) are summarised the same way,
+//! without a budget: shedding must stay cheap exactly when the gateway is overloaded.
 
 use crate::audit::{AuditError, AuditLog, ThrottledRecord};
 use crate::error::Reason;
@@ -72,6 +74,17 @@ pub enum Charge {
     Throttled { retry_after: Duration, opened: bool },
 }
 
+impl Summary {
+    /// What each request it counts was answered: `gateway_busy` for requests shed because every
+    /// request slot was taken, else `unauthenticated_throttled`.
+    pub fn answered(&self) -> Reason {
+        match self.reason {
+            Reason::GatewayBusy => Reason::GatewayBusy,
+            _ => Reason::UnauthenticatedThrottled,
+        }
+    }
+}
+
 /// Throttled refusals of one client and reason, not yet written.
 #[derive(Debug, Clone)]
 struct Pending {
@@ -98,6 +111,35 @@ struct Inner {
     /// client → (window start, refusals in it).
     clients: HashMap<ClientKey, (Instant, u32)>,
     pending: HashMap<(ClientKey, Reason), Pending>,
+}
+
+impl Inner {
+    /// Adds one request to the pending summary of `(key, reason)`, opening it if need be (past
+    /// [`MAX_CLIENTS`] summaries, in the overflow bucket). True if it was opened now.
+    fn count_pending(
+        &mut self,
+        mut key: ClientKey,
+        reason: Reason,
+        now: Instant,
+        wall: DateTime<Utc>,
+    ) -> bool {
+        if !self.pending.contains_key(&(key, reason)) && self.pending.len() >= MAX_CLIENTS {
+            key = ClientKey::Overflow;
+        }
+        let mut opened = false;
+        let p = self.pending.entry((key, reason)).or_insert_with(|| {
+            opened = true;
+            Pending {
+                opened: now,
+                count: 0,
+                first: wall,
+                last: wall,
+            }
+        });
+        p.count += 1;
+        p.last = wall;
+        opened
+    }
 }
 
 /// The budgets and pending summaries; outlives reloads (a reload changes the rate only).
@@ -156,25 +198,23 @@ impl PreAuthBudget {
             return Charge::Record;
         }
         let retry_after = window.saturating_sub(now.duration_since(slot.0));
-        if !i.pending.contains_key(&(key, reason)) && i.pending.len() >= MAX_CLIENTS {
-            key = ClientKey::Overflow;
-        }
-        let mut opened = false;
-        let p = i.pending.entry((key, reason)).or_insert_with(|| {
-            opened = true;
-            Pending {
-                opened: now,
-                count: 0,
-                first: wall,
-                last: wall,
-            }
-        });
-        p.count += 1;
-        p.last = wall;
+        let opened = i.count_pending(key, reason, now, wall);
         Charge::Throttled {
             retry_after,
             opened,
         }
+    }
+
+    /// Counts one request refused `gateway_busy` (every request slot taken) from `ip` into its
+    /// summary, with no budget: such a refusal never gets a record of its own, whoever sends it.
+    /// True for the first of a new summary (worth one log line; the rest are not).
+    pub fn summarise_shed(&self, ip: IpAddr) -> bool {
+        self.lock().count_pending(
+            ClientKey::from(ip),
+            Reason::GatewayBusy,
+            Instant::now(),
+            Utc::now(),
+        )
     }
 
     /// Clients whose budget is spent right now (for the flood gauge).
@@ -257,8 +297,8 @@ impl From<&Summary> for ThrottledRecord {
         ThrottledRecord {
             client_ip: s.client.clone(),
             reason: s.reason.as_str().to_string(),
-            status: Reason::UnauthenticatedThrottled.status().as_u16(),
-            answered: Reason::UnauthenticatedThrottled.as_str().to_string(),
+            status: s.answered().status().as_u16(),
+            answered: s.answered().as_str().to_string(),
             count: s.count,
             first_time: at(s.first),
             last_time: at(s.last),
@@ -381,5 +421,43 @@ mod tests {
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].client, "*");
         assert_eq!(b.lock().clients.len(), MAX_CLIENTS + 1, "bounded");
+    }
+
+    #[test]
+    fn shed_requests_are_summarised_without_a_budget_and_recorded_as_gateway_busy() {
+        // A budget that has never been charged: shedding neither needs nor spends it.
+        let b = PreAuthBudget::new(5, Duration::from_secs(100), Duration::from_secs(60));
+        assert!(b.summarise_shed(ip(A)), "the first opens a summary");
+        assert!(!b.summarise_shed(ip(A)));
+        assert!(b.summarise_shed(ip("2001:db8::1")));
+        assert_eq!(
+            b.charge(ip(A), Reason::TokenMissing),
+            Charge::Record,
+            "the client's own budget is untouched"
+        );
+        let mut s = b.take(true);
+        s.sort_by(|x, y| x.client.cmp(&y.client));
+        assert_eq!(s.len(), 2);
+        let rec = ThrottledRecord::from(&s[0]);
+        assert_eq!(rec.client_ip, A);
+        assert_eq!(rec.count, 2);
+        assert_eq!(
+            (rec.reason.as_str(), rec.status, rec.answered.as_str()),
+            ("gateway_busy", 503, "gateway_busy")
+        );
+        assert_eq!(s[1].client, "2001:db8::/64");
+        // A throttled refusal still says 429 unauthenticated_throttled.
+        let t = Summary {
+            client: A.into(),
+            reason: Reason::TokenMissing,
+            count: 1,
+            first: Utc::now(),
+            last: Utc::now(),
+        };
+        let rec = ThrottledRecord::from(&t);
+        assert_eq!(
+            (rec.status, rec.answered.as_str()),
+            (429, "unauthenticated_throttled")
+        );
     }
 }

@@ -686,6 +686,38 @@ impl Gateway {
         Some((resp, verdict))
     }
 
+    /// Answers a request that found every request slot taken (`gateway_busy`, 503): nothing of
+    /// it is read beyond the ids in its head, it gets no record of its own and is counted into
+    /// its client's `throttled` summary, whatever the client's budget. It runs on the
+    /// connection's task (there was no slot for one of its own), so it must never wait.
+    pub(crate) fn shed<B>(&self, req: http::Request<B>, conn: ConnInfo) -> Response<Full<Bytes>> {
+        let received = Instant::now();
+        let (parts, _body) = req.into_parts();
+        let inbound = request_filter(&parts, conn);
+        let opened = self.preauth.summarise_shed(inbound.conn.client_ip);
+        if opened {
+            // One line per client per summary interval, never one per request.
+            tracing::warn!(client_ip = %inbound.conn.client_ip, "every request slot is taken (server.limits.max_requests_in_flight); answering 503 gateway_busy and summarising");
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from(1u32));
+        let resp = answer::error(
+            &inbound,
+            Reason::GatewayBusy,
+            "passgate is serving as many requests as it is configured to; nothing was done, retry in 1 s",
+            headers,
+        );
+        self.record_metrics(
+            &Verdict {
+                route: "-",
+                decision: "deny",
+                reason: Reason::GatewayBusy,
+            },
+            received,
+        );
+        resp
+    }
+
     /// Charges one refusal before authentication to the client's budget; past it, the 429 that
     /// replaces the refusal (counted, no record of its own). Shared by the action and the
     /// approvals API.

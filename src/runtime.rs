@@ -383,6 +383,10 @@ impl server::App for Live {
         let gw = self.get();
         Box::pin(async move { gw.handle(req, conn).await })
     }
+
+    fn shed(&self, req: server::Request, conn: ConnInfo) -> server::Reply {
+        self.get().shed(req, conn)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -761,11 +765,15 @@ pub async fn build_gateway(settings: &Settings, shared: &Shared) -> Result<Gatew
         Duration::from_secs(settings.graph.action_timeout_seconds),
         slots,
     );
-    // Set last, once nothing can fail: a reload that is refused leaves the gauge as it was.
+    // Set last, once nothing can fail: a reload that is refused leaves the gauges as they were.
     shared
         .metrics
         .graph_max_concurrent
         .set(settings.graph.max_concurrent_requests as i64);
+    shared
+        .metrics
+        .max_requests_in_flight
+        .set(settings.server.max_requests_in_flight as i64);
     shared.metrics.declare_break_glass_policies(
         settings
             .policies

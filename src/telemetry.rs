@@ -43,6 +43,8 @@ pub struct Metrics {
     /// 1 while the config file differs from the running process on a restart-only key.
     pub config_restart_required: IntGauge,
     pub in_flight: IntGauge,
+    /// `server.limits.max_requests_in_flight` in force.
+    pub max_requests_in_flight: IntGauge,
     /// Requests the action pipeline has in flight to Graph (device facts, forwards).
     pub graph_in_flight: IntGauge,
     /// `graph.max_concurrent_requests` in force.
@@ -229,6 +231,13 @@ impl Metrics {
         .expect("static metric definition");
         r.register(Box::new(in_flight.clone()))
             .expect("metric registered once");
+        let max_requests_in_flight = IntGauge::new(
+            "passgate_max_requests_in_flight",
+            "server.limits.max_requests_in_flight in force: requests over it are answered 503 gateway_busy at once.",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(max_requests_in_flight.clone()))
+            .expect("metric registered once");
         let graph_in_flight = IntGauge::new(
             "passgate_graph_requests_in_flight",
             "Requests the action pipeline has in flight to Graph (device facts and forwards), counted against graph.max_concurrent_requests.",
@@ -364,6 +373,7 @@ impl Metrics {
             config_last_reload_success,
             config_restart_required,
             in_flight,
+            max_requests_in_flight,
             graph_in_flight,
             graph_max_concurrent,
             build_info,

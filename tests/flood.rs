@@ -6,6 +6,7 @@
 use crate::common::*;
 use passgate::dev::DEV_CONFIG;
 use serde_json::Value;
+use std::time::{Duration, Instant};
 
 /// The dev config with a budget of 5 refusals before authentication per hour (a window long
 /// enough that the test never straddles two) and summaries written only at shutdown.
@@ -204,4 +205,154 @@ async fn readyz_fails_and_the_gauges_show_it_when_the_audit_disk_is_below_its_fl
     let m = scrape(&low).await;
     assert_eq!(metric_value(&m, "passgate_audit_min_free_bytes", &[]), 1e18);
     assert!(metric_value(&m, "passgate_audit_free_bytes", &[]) < 1e18);
+}
+
+/// The request cap (`server.limits.max_requests_in_flight`) bounds request tasks, not streams or
+/// connections: an HTTP/2 client that resets its stream frees the stream while its action goes on
+/// in its own task, and that task keeps its slot. A request over the cap is answered `503
+/// gateway_busy` at once, reads nothing, forwards nothing, has no record of its own and is
+/// counted into its client's `throttled` summary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_the_request_cap_are_shed_at_once_even_after_their_http2_stream_was_reset() {
+    use http_body_util::Empty;
+    let env = start_with(Some(DEV_CONFIG.replacen(
+        "  plaintext: true\n",
+        "  plaintext: true\n  limits:\n    max_requests_in_flight: 1\n",
+        1,
+    )))
+    .await;
+    env.sandbox
+        .set_fault(passgate::sandbox::Fault::ActionDelay(Duration::from_secs(
+            4,
+        )));
+    // alice's action over HTTP/2 (prior knowledge on the plain listener), reset by its client as
+    // soon as Graph has it.
+    let io = hyper_util::rt::TokioIo::new(
+        tokio::net::TcpStream::connect(gateway_addr(&env))
+            .await
+            .unwrap(),
+    );
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::post(format!(
+        "http://passgate{}",
+        action_path(&env, "kiosk-phone")
+    ))
+    .header("authorization", format!("Bearer {}", token(&env, "alice")))
+    .body(Empty::<bytes::Bytes>::new())
+    .unwrap();
+    let stream = tokio::spawn(async move { h2.send_request(req).await.map(|r| r.status()) });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while env.sandbox.recover_passcode_calls().is_empty() {
+        assert!(Instant::now() < deadline, "the action never reached Graph");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stream.abort();
+    assert!(stream.await.unwrap_err().is_cancelled());
+
+    // Its task still holds the only slot: the next request is shed without waiting for it.
+    let started = Instant::now();
+    let r = send(
+        "POST",
+        &action_url(&env, "kiosk-phone"),
+        &[bearer(&token(&env, "alice"))],
+        b"",
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.code(), "gateway_busy");
+    assert_eq!(r.header("retry-after").as_deref(), Some("1"));
+    assert!(r.header("request-id").is_some());
+    assert!(
+        took < Duration::from_secs(2),
+        "answered at once, not after the 4 s action it waited behind: {took:?}"
+    );
+    assert_eq!(
+        env.sandbox.recover_passcode_calls().len(),
+        1,
+        "nothing of the shed request was forwarded"
+    );
+    let decisions = decision_records(&env);
+    assert_eq!(
+        decisions.len(),
+        1,
+        "only the reset request's allow: {decisions:?}"
+    );
+    assert_eq!(decisions[0]["decision"], "allow");
+    let m = scrape(&env).await;
+    assert_eq!(
+        metric_value(
+            &m,
+            "passgate_requests_total",
+            &["route=\"-\"", "reason=\"gateway_busy\""]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(&m, "passgate_max_requests_in_flight", &[]),
+        1.0
+    );
+    assert_eq!(metric_value(&m, "passgate_in_flight_requests", &[]), 1.0);
+
+    // The reset request's action completes and is recorded; its slot is then free again.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let outcome = loop {
+        if let Some(o) = audit_records(&env)
+            .into_iter()
+            .find(|r| r["kind"] == "outcome")
+        {
+            break o;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no outcome record for the reset request's action"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(outcome["status"], 204);
+    env.sandbox.set_fault(passgate::sandbox::Fault::None);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while metric(&env, "passgate_in_flight_requests", &[]).await != 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the reset request's task never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = send(
+        "POST",
+        &action_url(&env, "kiosk-phone"),
+        &[bearer(&token(&env, "alice"))],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+    conn.abort();
+
+    // At shutdown the shed request is accounted for in the chain by its summary.
+    let set = audit_set(&env);
+    let keep = env.audit_log.clone();
+    env.stop().await;
+    let records: Vec<Value> = std::fs::read_to_string(&keep)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let summaries: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "throttled")
+        .collect();
+    assert_eq!(summaries.len(), 1, "{summaries:?}");
+    let s = summaries[0];
+    assert_eq!(s["reason"], "gateway_busy");
+    assert_eq!(s["answered"], "gateway_busy");
+    assert_eq!(s["status"], 503);
+    assert_eq!(s["count"], 1);
+    assert_eq!(s["client_ip"], "127.0.0.1");
+    passgate::audit::verify_set(&set, &passgate::audit::VerifyOptions::default())
+        .expect("the chain with the summary verifies");
 }

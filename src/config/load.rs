@@ -1092,6 +1092,12 @@ impl Validator<'_> {
             1..=1_000_000,
             "the default is 256",
         )?;
+        self.bounded(
+            &lp.key("max_requests_in_flight"),
+            l.max_requests_in_flight,
+            1..=1_000_000,
+            "requests served at once, HTTP/2 streams and requests whose client hung up included; over it requests are answered 503 gateway_busy at once; the default is 1024",
+        )?;
         let unauthenticated_per_client = parse_rate(&l.unauthenticated_per_client).map_err(
             |(message, hint)| self.err(&lp.key("unauthenticated_per_client"), true, message, &format!("{hint}; refusals before authentication past it are answered 429 and summarised, the default is `20 per 1s`")),
         )?;
@@ -1131,6 +1137,7 @@ impl Validator<'_> {
             max_header_bytes: l.max_header_bytes,
             max_headers: l.max_headers,
             max_connections: l.max_connections,
+            max_requests_in_flight: l.max_requests_in_flight,
             idle_timeout,
             h2_max_concurrent_streams: l.h2_max_concurrent_streams,
             write_timeout,

@@ -779,6 +779,7 @@ fn server_limits_default_and_are_checked() {
     assert_eq!(s.server.max_header_bytes, 65536);
     assert_eq!(s.server.max_headers, 64);
     assert_eq!(s.server.max_connections, 256);
+    assert_eq!(s.server.max_requests_in_flight, 1024);
     assert_eq!(s.server.idle_timeout, std::time::Duration::from_secs(60));
     assert_eq!(s.server.h2_max_concurrent_streams, 16);
     assert!(s.server.trusted_proxies.is_empty());
@@ -802,6 +803,14 @@ fn server_limits_default_and_are_checked() {
     check(&e, "unknown field `max_header`", None);
     let s = ok(&limits("max_connections: 3"));
     assert_eq!(s.server.max_connections, 3);
+    let e = err(&limits("max_requests_in_flight: 0"));
+    check(&e, "server.limits.max_requests_in_flight", Some((5, 29)));
+    check(&e, "outside 1..=1000000", None);
+    let e = err(&limits("max_requests_in_flight: 1000001"));
+    check(&e, "is outside 1..=1000000", None);
+    assert!(e.hint.as_deref().unwrap_or("").contains("503 gateway_busy"));
+    let s = ok(&limits("max_requests_in_flight: 1"));
+    assert_eq!(s.server.max_requests_in_flight, 1);
 }
 
 #[test]

@@ -150,6 +150,11 @@ pub struct ServerLimitsConfig {
     /// (each served HTTP/1.1 connection costs ~45 KB; see docs/performance.md).
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Requests being served at once on one listener, each in its own task (HTTP/2 streams
+    /// included, and requests whose client has gone while their work goes on). Over it a
+    /// request is answered `503 gateway_busy` at once. Default 1024.
+    #[serde(default = "default_max_requests_in_flight")]
+    pub max_requests_in_flight: usize,
     /// A connection with no request in flight for this long is closed. Default 60.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_seconds: u64,
@@ -182,6 +187,7 @@ impl Default for ServerLimitsConfig {
             max_header_bytes: default_max_header_bytes(),
             max_headers: default_max_headers(),
             max_connections: default_max_connections(),
+            max_requests_in_flight: default_max_requests_in_flight(),
             idle_timeout_seconds: default_idle_timeout(),
             h2_max_concurrent_streams: default_h2_streams(),
             write_timeout_seconds: default_write_timeout(),
@@ -212,6 +218,9 @@ fn default_max_headers() -> usize {
 }
 fn default_max_connections() -> usize {
     256
+}
+fn default_max_requests_in_flight() -> usize {
+    1024
 }
 fn default_idle_timeout() -> u64 {
     60

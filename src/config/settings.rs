@@ -81,6 +81,8 @@ pub struct ServerSettings {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub max_connections: usize,
+    /// Request tasks one listener runs at once; over it, `503 gateway_busy` at once.
+    pub max_requests_in_flight: usize,
     pub idle_timeout: Duration,
     pub h2_max_concurrent_streams: u32,
     /// A stalled response write closes the connection after this long.
@@ -107,6 +109,7 @@ impl Default for ServerSettings {
             max_header_bytes: l.max_header_bytes,
             max_headers: l.max_headers,
             max_connections: l.max_connections,
+            max_requests_in_flight: l.max_requests_in_flight,
             idle_timeout: Duration::from_secs(l.idle_timeout_seconds),
             h2_max_concurrent_streams: l.h2_max_concurrent_streams,
             write_timeout: Duration::from_secs(l.write_timeout_seconds),

@@ -20,6 +20,7 @@ use tokio::sync::{watch, Notify};
 
 pub mod client_ip;
 pub mod conn;
+pub mod requests;
 pub mod tls;
 
 pub use tls::{Reload, TlsError, TlsFiles, TlsReloader};
@@ -32,6 +33,37 @@ pub type Reply = http::Response<Full<Bytes>>;
 /// What a listener serves. Each request is handed over in its own task.
 pub trait App: Send + Sync + 'static {
     fn call(&self, req: Request, conn: ConnInfo) -> Pin<Box<dyn Future<Output = Reply> + Send>>;
+
+    /// The answer to a request that found every request slot of the listener taken
+    /// (`server.limits.max_requests_in_flight`). Called on the connection's own task, with no
+    /// task of its own: it must answer at once and never wait.
+    fn shed(&self, req: Request, conn: ConnInfo) -> Reply {
+        let _ = (req, conn);
+        busy_reply()
+    }
+}
+
+/// `503 gateway_busy` in Graph's error shape with `Retry-After: 1`, for listeners that keep no
+/// record of shed requests (the admin listener).
+pub fn busy_reply() -> Reply {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let reason = crate::error::Reason::GatewayBusy;
+    let body = crate::error::graph_error_json(
+        reason.as_str(),
+        "passgate is serving as many requests as it is configured to; nothing was done, retry in 1 s",
+        &request_id,
+        &request_id,
+        chrono::Utc::now(),
+    );
+    let mut r = http::Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = reason.status();
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    h.insert(http::header::RETRY_AFTER, http::HeaderValue::from(1u32));
+    r
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +186,7 @@ pub async fn serve(
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let slots = Arc::new(Slots::default());
+    let request_slots = Arc::new(requests::RequestSlots::default());
     let mut settings = opts.server.subscribe();
     let watcher_task = opts.tls.as_ref().map(|t| {
         let opts = opts.clone();
@@ -191,6 +224,7 @@ pub async fn serve(
         let acceptor = opts.tls.as_ref().map(|t| t.acceptor());
         let opts = opts.clone();
         let watcher = graceful.watcher();
+        let request_slots = request_slots.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let limits = opts.server();
@@ -211,6 +245,7 @@ pub async fn serve(
                                 peer,
                                 subject,
                                 proto,
+                                request_slots,
                             };
                             // Boxed: each kind of connection allocates only its own state,
                             // not the larger of the TLS and plaintext futures.
@@ -225,6 +260,7 @@ pub async fn serve(
                         peer,
                         subject: None,
                         proto: Proto::Auto,
+                        request_slots,
                     };
                     Box::pin(serve_connection(app, stream, c, &limits, opts, watcher)).await
                 }
@@ -244,6 +280,8 @@ struct Connection {
     /// Subject of the verified mTLS client certificate.
     subject: Option<String>,
     proto: Proto,
+    /// The listener's request tasks, shared by all its connections.
+    request_slots: Arc<requests::RequestSlots>,
 }
 
 /// Which HTTP versions a connection may speak: decided by ALPN under TLS (so a client cannot
@@ -254,6 +292,12 @@ enum Proto {
     H1,
     H2,
     Auto,
+}
+
+/// A request handed to its own task, or answered at once because no request slot was free.
+enum Work {
+    Spawned(tokio::task::JoinHandle<Reply>),
+    Shed(Reply),
 }
 
 async fn serve_connection<S>(
@@ -270,6 +314,7 @@ async fn serve_connection<S>(
         peer,
         subject: client_cert_subject,
         proto,
+        request_slots,
     } = c;
     let activity = conn::Activity::new(limits.header_read_timeout, limits.idle_timeout)
         .with_max_age(limits.max_connection_age);
@@ -286,11 +331,11 @@ async fn serve_connection<S>(
                 *req.uri_mut() = http::Uri::from(pq);
             }
         }
-        // Trusted proxies as in force now: a proxy taken out by a reload is not believed on the
-        // next request, even on a connection it opened before.
-        let proxies = opts.server();
+        // Trusted proxies and limits as in force now: a proxy taken out by a reload is not
+        // believed on the next request, even on a connection it opened before.
+        let in_force = opts.server();
         let conn = ConnInfo {
-            client_ip: client_ip::client_ip(peer.ip(), req.headers(), &proxies.trusted_proxies),
+            client_ip: client_ip::client_ip(peer.ip(), req.headers(), &in_force.trusted_proxies),
             client_cert_subject: client_cert_subject.clone(),
         };
         let refuse = req.version() <= http::Version::HTTP_11
@@ -298,9 +343,24 @@ async fn serve_connection<S>(
         let req = req.map(|b| conn::TimedBody::new(b, body_within, refuse));
         // Each request runs to its end in its own task: if the client hangs up after the
         // decision record is durable, the forward (if any) and its outcome record still complete.
-        let work = tokio::spawn(app.call(req, conn));
+        // The task holds one of the listener's request slots until then; with none free the
+        // request is answered at once, without a task.
+        let work = match request_slots.try_take(in_force.max_requests_in_flight) {
+            Some(slot) => {
+                let call = app.call(req, conn);
+                Work::Spawned(tokio::spawn(async move {
+                    let _slot = slot;
+                    call.await
+                }))
+            }
+            None => Work::Shed(app.shed(req, conn)),
+        };
         async move {
-            let resp = match work.await {
+            let work = match work {
+                Work::Spawned(task) => task.await,
+                Work::Shed(resp) => Ok(resp),
+            };
+            let resp = match work {
                 Ok(resp) => resp,
                 Err(e) => {
                     // A bug, not input: the request's own task panicked. Answer in Graph's shape
