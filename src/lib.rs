@@ -15,6 +15,7 @@ pub mod console;
 pub mod error;
 pub mod flood;
 pub mod graph;
+pub mod headers;
 pub mod lifecycle;
 pub mod outbound;
 pub mod policy;

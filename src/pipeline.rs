@@ -25,11 +25,12 @@ use crate::flood::{Charge, PreAuthBudget};
 use crate::graph::facts::{FactsClient, FactsError};
 use crate::graph::forward::{ForwardError, Forwarder, Upstream};
 use crate::graph::token::AppTokenProvider;
+use crate::headers as hdr;
 pub use crate::lifecycle::ConnInfo;
 use crate::lifecycle::{Inbound, Known};
 use crate::policy::{
     Candidate, FactsOutcome, Justification, OperatorScreen, Permit, PolicySet, RateInfo,
-    RateLimiter, RequestFacts, JUSTIFICATION_HEADER,
+    RateLimiter, RequestFacts,
 };
 use crate::routes::{self, Action};
 use crate::telemetry::{Metrics, Stage};
@@ -115,10 +116,10 @@ impl Verdict {
 
 /// request_filter: the request as the audit trail and the answer will name it. Checks nothing.
 fn request_filter(parts: &http::request::Parts, conn: ConnInfo) -> Inbound {
-    let request_id = uuid::Uuid::new_v4().to_string();
+    let request_id = new_request_id();
     let client_request_id = parts
         .headers
-        .get("client-request-id")
+        .get(hdr::CLIENT_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .and_then(crate::text::guid)
         .unwrap_or_else(|| request_id.clone());
@@ -145,6 +146,16 @@ fn request_filter(parts: &http::request::Parts, conn: ConnInfo) -> Inbound {
     }
 }
 
+/// A fresh request id: a random (version 4) UUID, lower-case and hyphenated. The bytes come from
+/// the thread's CSPRNG (`rand`'s ThreadRng, seeded from the OS) instead of one `getrandom`
+/// system call per request; an id needs to be unique, not secret.
+fn new_request_id() -> String {
+    let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+    id.hyphenated()
+        .encode_lower(&mut uuid::Uuid::encode_buffer())
+        .to_owned()
+}
+
 /// The target as recorded in the audit trail: the path, and of a query string only that there
 /// was one. Queries are refused anyway, and one may carry a credential (`?access_token=`).
 fn audit_path(target: &str) -> String {
@@ -158,8 +169,7 @@ fn audit_path(target: &str) -> String {
 /// owned copies that do not keep hyper's read buffer alive.
 fn detached(headers: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(2);
-    let justification = http::HeaderName::from_static("passgate-justification");
-    for name in [http::header::AUTHORIZATION, justification] {
+    for name in [http::header::AUTHORIZATION, hdr::PASSGATE_JUSTIFICATION] {
         for v in headers.get_all(&name) {
             if let Ok(mut copy) = http::HeaderValue::from_bytes(v.as_bytes()) {
                 copy.set_sensitive(v.is_sensitive());
@@ -476,7 +486,7 @@ impl Gateway {
     ) -> Result<Candidate, Box<Refusal>> {
         let justification = Justification::from_values(
             headers
-                .get_all(JUSTIFICATION_HEADER)
+                .get_all(hdr::PASSGATE_JUSTIFICATION)
                 .iter()
                 .map(|v| v.as_bytes()),
         );
@@ -804,10 +814,7 @@ impl Gateway {
             .requests
             .with_label_values(&[v.route, v.decision, v.reason.as_str()])
             .inc();
-        self.metrics
-            .request_duration
-            .with_label_values(&[v.decision])
-            .observe(received.elapsed().as_secs_f64());
+        self.metrics.observe_request(v.decision, received.elapsed());
     }
 }
 
@@ -818,7 +825,7 @@ fn approval_refusal(d: crate::approval::ApprovalDenial, known: Known) -> Box<Ref
         .approval_id
         .and_then(|id| http::HeaderValue::from_str(&id).ok())
     {
-        r.headers.insert("passgate-approval-id", id);
+        r.headers.insert(hdr::PASSGATE_APPROVAL_ID, id);
     }
     r
 }
@@ -848,5 +855,31 @@ fn forward_reason(e: &ForwardError) -> Reason {
         ForwardError::Timeout(_) => Reason::UpstreamTimeout,
         ForwardError::Busy(_) => Reason::UpstreamBusy,
         ForwardError::Unreachable(_) | ForwardError::Request(_) => Reason::UpstreamUnreachable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_distinct_lower_case_version_4_uuids() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            let id = new_request_id();
+            let parsed = uuid::Uuid::parse_str(&id).expect("a UUID");
+            assert_eq!(parsed.get_version_num(), 4, "{id}");
+            assert_eq!(parsed.get_variant(), uuid::Variant::RFC4122, "{id}");
+            assert_eq!(
+                id,
+                parsed.hyphenated().to_string(),
+                "lower-case, hyphenated"
+            );
+            assert!(
+                crate::text::guid(&id).is_some(),
+                "what request_filter accepts"
+            );
+            assert!(seen.insert(id), "unique");
+        }
     }
 }

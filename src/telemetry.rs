@@ -27,6 +27,8 @@ const FSYNC_BUCKETS: &[f64] = &[
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
+    /// Handles of the per-request histograms, resolved once (see [`Resolved`]).
+    resolved: std::sync::Arc<Resolved>,
     pub requests: IntCounterVec,
     pub request_duration: HistogramVec,
     pub stage_duration: HistogramVec,
@@ -74,6 +76,16 @@ pub struct Metrics {
     pub console_events: IntCounterVec,
 }
 
+/// The histogram series every request observes, each resolved on its first use: a series still
+/// appears with its first observation (as with `with_label_values`), but later requests skip
+/// the label hashing and map lookup.
+#[derive(Default)]
+struct Resolved {
+    stages: [std::sync::OnceLock<Histogram>; Stage::COUNT],
+    /// `passgate_request_duration_seconds{decision}` for `allow` and `deny`.
+    decisions: [std::sync::OnceLock<Histogram>; 2],
+}
+
 /// A pipeline stage, for `passgate_stage_duration_seconds{stage}`.
 #[derive(Debug, Clone, Copy)]
 pub enum Stage {
@@ -86,6 +98,8 @@ pub enum Stage {
 }
 
 impl Stage {
+    const COUNT: usize = 6;
+
     fn label(self) -> &'static str {
         match self {
             Stage::Auth => "auth",
@@ -358,6 +372,7 @@ impl Metrics {
         config_reloads.with_label_values(&["success"]).inc();
         Metrics {
             registry: r,
+            resolved: std::sync::Arc::new(Resolved::default()),
             requests,
             request_duration,
             stage_duration,
@@ -401,8 +416,24 @@ impl Metrics {
     }
 
     pub fn observe_stage(&self, stage: Stage, d: Duration) {
-        self.stage_duration
-            .with_label_values(&[stage.label()])
+        self.resolved.stages[stage as usize]
+            .get_or_init(|| self.stage_duration.with_label_values(&[stage.label()]))
+            .observe(d.as_secs_f64());
+    }
+
+    /// One request's end-to-end time under its decision (`allow` or `deny`).
+    pub fn observe_request(&self, decision: &'static str, d: Duration) {
+        let slot = match decision {
+            "allow" => &self.resolved.decisions[0],
+            "deny" => &self.resolved.decisions[1],
+            other => {
+                self.request_duration
+                    .with_label_values(&[other])
+                    .observe(d.as_secs_f64());
+                return;
+            }
+        };
+        slot.get_or_init(|| self.request_duration.with_label_values(&[decision]))
             .observe(d.as_secs_f64());
     }
 
@@ -532,5 +563,58 @@ mod tests {
         assert!(m
             .encode()
             .contains("passgate_audit_write_failures_total{kind=\"disk_full\"} 3\n"));
+    }
+
+    #[test]
+    fn resolved_histograms_appear_with_their_first_observation_and_count_every_one() {
+        let m = Metrics::new();
+        let stages = [
+            Stage::Auth,
+            Stage::Facts,
+            Stage::Decide,
+            Stage::RateLimit,
+            Stage::Audit,
+            Stage::Upstream,
+        ];
+        assert_eq!(stages.len(), Stage::COUNT);
+        for (i, s) in stages.iter().enumerate() {
+            assert_eq!(*s as usize, i, "each stage has its own slot");
+        }
+        let text = m.encode();
+        assert!(!text.contains("passgate_stage_duration_seconds_count"));
+        assert!(!text.contains("passgate_request_duration_seconds_count"));
+        m.observe_stage(Stage::Audit, Duration::from_millis(3));
+        m.observe_stage(Stage::Audit, Duration::from_millis(5));
+        m.observe_stage(Stage::Upstream, Duration::from_millis(7));
+        m.observe_request("allow", Duration::from_millis(9));
+        m.observe_request("deny", Duration::from_millis(1));
+        m.observe_request("deny", Duration::from_millis(1));
+        let clone = m.clone();
+        clone.observe_request("deny", Duration::from_millis(1));
+        let text = m.encode();
+        for (series, n) in [
+            ("passgate_stage_duration_seconds_count{stage=\"audit\"}", 2),
+            (
+                "passgate_stage_duration_seconds_count{stage=\"upstream\"}",
+                1,
+            ),
+            (
+                "passgate_request_duration_seconds_count{decision=\"allow\"}",
+                1,
+            ),
+            (
+                "passgate_request_duration_seconds_count{decision=\"deny\"}",
+                3,
+            ),
+        ] {
+            assert!(
+                text.contains(&format!("{series} {n}\n")),
+                "{series} {n} in\n{text}"
+            );
+        }
+        assert!(
+            !text.contains("stage=\"auth\""),
+            "a stage never observed has no series"
+        );
     }
 }

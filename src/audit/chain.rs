@@ -86,7 +86,8 @@ impl Chain {
             self.dir_sync_pending = false;
             self.dir_sync_error = None;
         }
-        let mut buf = Vec::with_capacity(entries.len() * 1024);
+        // A decision line is ~1.7 KB, an outcome line ~0.4 KB: room for a batch of decisions.
+        let mut buf = Vec::with_capacity(entries.len() * 2048);
         let mut done = Vec::with_capacity(entries.len());
         let mut seq = self.seq;
         let mut prev = self.head.clone();

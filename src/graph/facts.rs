@@ -319,10 +319,7 @@ impl FactsClient {
             let body = serde_json::json!({ "groupIds": chunk }).to_string();
             let req =
                 http::Request::post(format!("{root}/v1.0/devices/{object_id}/checkMemberGroups"))
-                    .header(
-                        http::header::AUTHORIZATION,
-                        format!("Bearer {}", token.secret()),
-                    )
+                    .header(http::header::AUTHORIZATION, token.bearer())
                     .header(http::header::CONTENT_TYPE, "application/json")
                     .header(http::header::ACCEPT, "application/json")
                     .body(Full::new(Bytes::from(body)));

@@ -6,8 +6,10 @@
 use super::slots::{Busy, GraphSlots};
 use super::token::{AppTokenProvider, TokenError};
 use crate::audit::Authorized;
+use crate::headers as hdr;
 use crate::outbound::{self, HttpsClient};
 use bytes::Bytes;
+use http::HeaderName;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body_util::Full;
 use std::sync::Arc;
@@ -15,11 +17,11 @@ use std::time::Duration;
 
 const MAX_UPSTREAM_BODY: usize = 1024 * 1024;
 /// Response headers from Graph that reach the operator; everything else is dropped.
-const RETURNED_HEADERS: [&str; 4] = [
-    "content-type",
-    "request-id",
-    "client-request-id",
-    "retry-after",
+const RETURNED_HEADERS: [HeaderName; 4] = [
+    http::header::CONTENT_TYPE,
+    hdr::REQUEST_ID,
+    hdr::CLIENT_REQUEST_ID,
+    http::header::RETRY_AFTER,
 ];
 
 /// Why Graph gave no answer. Display never repeats the source; log with
@@ -88,18 +90,15 @@ impl Forwarder {
             "forwarding"
         );
         let req = http::Request::post(url)
-            .header(
-                http::header::AUTHORIZATION,
-                format!("Bearer {}", token.secret()),
-            )
+            .header(http::header::AUTHORIZATION, token.bearer())
             .header(http::header::ACCEPT, "application/json")
             .header(http::header::CONTENT_LENGTH, "0")
             .header(
                 http::header::USER_AGENT,
                 concat!("passgate/", env!("CARGO_PKG_VERSION")),
             )
-            .header("client-request-id", authorized.client_request_id())
-            .header("return-client-request-id", "true")
+            .header(hdr::CLIENT_REQUEST_ID, authorized.client_request_id())
+            .header(hdr::RETURN_CLIENT_REQUEST_ID, "true")
             .body(Full::new(Bytes::new()))
             .map_err(ForwardError::Request)?;
         drop(authorized);
@@ -114,13 +113,13 @@ impl Forwarder {
             })?;
         let mut headers = HeaderMap::new();
         for name in RETURNED_HEADERS {
-            if let Some(v) = resp.headers.get(name) {
+            if let Some(v) = resp.headers.get(&name) {
                 headers.insert(name, v.clone());
             }
         }
         let graph_request_id = resp
             .headers
-            .get("request-id")
+            .get(hdr::REQUEST_ID)
             .and_then(|v: &HeaderValue| v.to_str().ok())
             .map(|s| s.chars().take(64).collect());
         Ok(Upstream {

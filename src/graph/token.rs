@@ -52,11 +52,32 @@ pub enum TokenError {
 
 /// An app token. Debug is redacted so it cannot leak through `{:?}`.
 #[derive(Clone)]
-pub struct AppToken(Arc<str>);
+pub struct AppToken {
+    secret: Arc<str>,
+    /// `Bearer <token>`, built and checked once per token rather than on every call that sends
+    /// it; marked sensitive (never indexed by HPACK, redacted in the header map's Debug).
+    bearer: http::HeaderValue,
+}
 
 impl AppToken {
+    /// None if the token cannot be sent in a header (Entra's tokens are base64url JWTs, so
+    /// never in practice): such an answer is not a usable token.
+    fn new(secret: &str) -> Option<AppToken> {
+        let mut bearer = http::HeaderValue::from_str(&format!("Bearer {secret}")).ok()?;
+        bearer.set_sensitive(true);
+        Some(AppToken {
+            secret: Arc::from(secret),
+            bearer,
+        })
+    }
+
     pub fn secret(&self) -> &str {
-        &self.0
+        &self.secret
+    }
+
+    /// The `Authorization` header value that sends this token.
+    pub fn bearer(&self) -> http::HeaderValue {
+        self.bearer.clone()
     }
 }
 
@@ -260,7 +281,7 @@ impl AppTokenProvider {
         // Refresh ahead of expiry, but never so early that a short-lived token is refreshed on every call.
         let ahead = self.refresh_ahead.min(lifetime / 2);
         Ok(Cached {
-            token: AppToken(Arc::from(token)),
+            token: AppToken::new(token).ok_or(TokenError::BadResponse)?,
             refresh_at: expires_at - ahead,
             expires_at,
         })
@@ -308,4 +329,21 @@ pub fn client_assertion(
     )
     .map_err(|_| TokenError::Assertion("RSA signing failed".into()))?;
     Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_app_token_carries_its_sensitive_bearer_header_and_never_prints_itself() {
+        let t = AppToken::new("eyJ0eXAi.eyJhdWQi.c2ln").expect("a JWT is a header value");
+        assert_eq!(t.secret(), "eyJ0eXAi.eyJhdWQi.c2ln");
+        let v = t.bearer();
+        assert_eq!(v.to_str().unwrap(), "Bearer eyJ0eXAi.eyJhdWQi.c2ln");
+        assert!(v.is_sensitive());
+        assert!(!format!("{t:?}").contains("eyJ"));
+        // An answer that cannot be sent in a header is not a usable token.
+        assert!(AppToken::new("abc\r\nX-Injected: 1").is_none());
+    }
 }

@@ -4,6 +4,7 @@
 
 use crate::error::{graph_error_json, Reason};
 use crate::graph::forward::Upstream;
+use crate::headers as hdr;
 use crate::lifecycle::{Inbound, Known};
 use crate::policy::{Denial, RateInfo};
 use bytes::Bytes;
@@ -55,10 +56,10 @@ impl Refusal {
 
 /// `RateLimit-*` fields (draft-ietf-httpapi-ratelimit-headers) for the tightest limit.
 pub(super) fn rate_headers(h: &mut HeaderMap, rate: &RateInfo) {
-    h.insert("ratelimit-limit", HeaderValue::from(rate.limit));
-    h.insert("ratelimit-remaining", HeaderValue::from(rate.remaining));
+    h.insert(hdr::RATELIMIT_LIMIT, HeaderValue::from(rate.limit));
+    h.insert(hdr::RATELIMIT_REMAINING, HeaderValue::from(rate.remaining));
     h.insert(
-        "ratelimit-reset",
+        hdr::RATELIMIT_RESET,
         HeaderValue::from(
             rate.reset
                 .as_secs()
@@ -66,7 +67,7 @@ pub(super) fn rate_headers(h: &mut HeaderMap, rate: &RateInfo) {
         ),
     );
     if let Ok(v) = HeaderValue::from_str(&format!("{};w={}", rate.limit, rate.window.as_secs())) {
-        h.insert("ratelimit-policy", v);
+        h.insert(hdr::RATELIMIT_POLICY, v);
     }
 }
 
@@ -108,10 +109,10 @@ pub(super) fn error(
         HeaderValue::from_static("application/json"),
     );
     if let Ok(v) = HeaderValue::from_str(&inbound.request_id) {
-        h.insert("request-id", v);
+        h.insert(hdr::REQUEST_ID, v);
     }
     if let Ok(v) = HeaderValue::from_str(&inbound.client_request_id) {
-        h.insert("client-request-id", v);
+        h.insert(hdr::CLIENT_REQUEST_ID, v);
     }
     if reason == Reason::MethodNotAllowed {
         h.insert(http::header::ALLOW, HeaderValue::from_static("POST"));
