@@ -9,14 +9,17 @@ use crate::audit::Authorized;
 use crate::headers as hdr;
 use crate::outbound::{self, HttpsClient};
 use bytes::Bytes;
-use http::HeaderName;
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_body_util::Full;
 use std::sync::Arc;
 use std::time::Duration;
 
 const MAX_UPSTREAM_BODY: usize = 1024 * 1024;
 /// Response headers from Graph that reach the operator; everything else is dropped.
+/// passgate's `User-Agent` towards Graph.
+const USER_AGENT: HeaderValue =
+    HeaderValue::from_static(concat!("passgate/", env!("CARGO_PKG_VERSION")));
+
 const RETURNED_HEADERS: [HeaderName; 4] = [
     http::header::CONTENT_TYPE,
     hdr::REQUEST_ID,
@@ -91,14 +94,17 @@ impl Forwarder {
         );
         let req = http::Request::post(url)
             .header(http::header::AUTHORIZATION, token.bearer())
-            .header(http::header::ACCEPT, "application/json")
-            .header(http::header::CONTENT_LENGTH, "0")
             .header(
-                http::header::USER_AGENT,
-                concat!("passgate/", env!("CARGO_PKG_VERSION")),
+                http::header::ACCEPT,
+                HeaderValue::from_static("application/json"),
             )
+            .header(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"))
+            .header(http::header::USER_AGENT, USER_AGENT)
             .header(hdr::CLIENT_REQUEST_ID, authorized.client_request_id())
-            .header(hdr::RETURN_CLIENT_REQUEST_ID, "true")
+            .header(
+                hdr::RETURN_CLIENT_REQUEST_ID,
+                HeaderValue::from_static("true"),
+            )
             .body(Full::new(Bytes::new()))
             .map_err(ForwardError::Request)?;
         drop(authorized);
@@ -121,7 +127,7 @@ impl Forwarder {
             .headers
             .get(hdr::REQUEST_ID)
             .and_then(|v: &HeaderValue| v.to_str().ok())
-            .map(|s| s.chars().take(64).collect());
+            .map(|s| crate::text::truncated(s, 64).to_owned());
         Ok(Upstream {
             status: resp.status,
             headers,
