@@ -61,6 +61,7 @@ CONTRACT = {
     "passgate_graph_requests_in_flight": set(),
     "passgate_graph_max_concurrent_requests": set(),
     "passgate_max_requests_in_flight": set(),
+    "passgate_shed_requests_total": {"listener"},
 }
 HISTOGRAMS = {"passgate_request_duration_seconds", "passgate_stage_duration_seconds",
               "passgate_audit_fsync_duration_seconds", "passgate_state_duration_seconds"}

@@ -190,6 +190,14 @@ impl server::App for Admin {
         let live = self.0.clone();
         Box::pin(async move { route(&live, req.method(), req.uri().path()).await })
     }
+
+    fn shed(&self, _req: server::Request, _conn: ConnInfo) -> server::Reply {
+        self.0
+            .get()
+            .metrics
+            .count_shed(crate::telemetry::Listener::Admin);
+        server::busy_reply()
+    }
 }
 
 /// Serves the admin endpoints until `shutdown` resolves: plain HTTP, under the limits in `opts`

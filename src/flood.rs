@@ -260,7 +260,7 @@ impl PreAuthBudget {
 
     /// Writes the due summaries (all of them with `all`, at shutdown) as `throttled` records.
     /// A summary that cannot be written is logged with its count and dropped: the requests it
-    /// counted were answered 429 and forwarded nothing.
+    /// counted were answered 429 (or 503 `gateway_busy`) and forwarded nothing.
     pub async fn flush(&self, audit: &AuditLog, all: bool) -> Result<usize, AuditError> {
         let mut written = 0;
         let mut failure = None;

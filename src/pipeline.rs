@@ -704,6 +704,7 @@ impl Gateway {
         let received = Instant::now();
         let (parts, _body) = req.into_parts();
         let inbound = request_filter(&parts, conn);
+        self.metrics.count_shed(crate::telemetry::Listener::Gateway);
         let opened = self.preauth.summarise_shed(inbound.conn.client_ip);
         if opened {
             // One line per client per summary interval, never one per request.

@@ -45,6 +45,8 @@ pub struct Metrics {
     /// 1 while the config file differs from the running process on a restart-only key.
     pub config_restart_required: IntGauge,
     pub in_flight: IntGauge,
+    /// Requests shed at a listener's request cap, by listener.
+    shed: IntCounterVec,
     /// `server.limits.max_requests_in_flight` in force.
     pub max_requests_in_flight: IntGauge,
     /// Requests the action pipeline has in flight to Graph (device facts, forwards).
@@ -86,6 +88,26 @@ struct Resolved {
     decisions: [std::sync::OnceLock<Histogram>; 2],
 }
 
+/// A listener, for `passgate_shed_requests_total{listener}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    Gateway,
+    Admin,
+    Console,
+}
+
+impl Listener {
+    const ALL: [Listener; 3] = [Listener::Gateway, Listener::Admin, Listener::Console];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Listener::Gateway => "gateway",
+            Listener::Admin => "admin",
+            Listener::Console => "console",
+        }
+    }
+}
+
 /// A pipeline stage, for `passgate_stage_duration_seconds{stage}`.
 #[derive(Debug, Clone, Copy)]
 pub enum Stage {
@@ -98,7 +120,8 @@ pub enum Stage {
 }
 
 impl Stage {
-    const COUNT: usize = 6;
+    /// One past the last variant (`Upstream`): the number of slots in [`Resolved::stages`].
+    const COUNT: usize = Stage::Upstream as usize + 1;
 
     fn label(self) -> &'static str {
         match self {
@@ -309,6 +332,16 @@ impl Metrics {
             "Refusals before authentication past the client's budget (server.limits.unauthenticated_per_client), answered 429 and summarised instead of audited one by one, by the reason each would have had.",
             &["reason"],
         );
+        let shed = counter(
+            &r,
+            "passgate_shed_requests_total",
+            "Requests answered 503 gateway_busy at once because their listener already served server.limits.max_requests_in_flight requests, by listener.",
+            &["listener"],
+        );
+        // At 0 from the start, so the alert's increase() sees the very first shed request.
+        for listener in Listener::ALL {
+            shed.with_label_values(&[listener.as_str()]);
+        }
         let int_gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("static metric definition");
             r.register(Box::new(g.clone()))
@@ -388,6 +421,7 @@ impl Metrics {
             config_last_reload_success,
             config_restart_required,
             in_flight,
+            shed,
             max_requests_in_flight,
             graph_in_flight,
             graph_max_concurrent,
@@ -413,6 +447,11 @@ impl Metrics {
         for name in names {
             self.break_glass.with_label_values(&[name]);
         }
+    }
+
+    /// One request answered `gateway_busy` at `listener`'s request cap.
+    pub fn count_shed(&self, listener: Listener) {
+        self.shed.with_label_values(&[listener.as_str()]).inc();
     }
 
     pub fn observe_stage(&self, stage: Stage, d: Duration) {

@@ -214,17 +214,27 @@ async fn readyz_fails_and_the_gauges_show_it_when_the_audit_disk_is_below_its_fl
 /// counted into its client's `throttled` summary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_over_the_request_cap_are_shed_at_once_even_after_their_http2_stream_was_reset() {
-    use http_body_util::Empty;
+    use http_body_util::{BodyExt, Empty};
     let env = start_with(Some(DEV_CONFIG.replacen(
         "  plaintext: true\n",
         "  plaintext: true\n  limits:\n    max_requests_in_flight: 1\n",
         1,
     )))
     .await;
+    // Long enough for everything below to happen while "Graph" still works on the first action.
     env.sandbox
         .set_fault(passgate::sandbox::Fault::ActionDelay(Duration::from_secs(
-            4,
+            8,
         )));
+    let action = || {
+        http::Request::post(format!(
+            "http://passgate{}",
+            action_path(&env, "kiosk-phone")
+        ))
+        .header("authorization", format!("Bearer {}", token(&env, "alice")))
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap()
+    };
     // alice's action over HTTP/2 (prior knowledge on the plain listener), reset by its client as
     // soon as Graph has it.
     let io = hyper_util::rt::TokioIo::new(
@@ -232,19 +242,14 @@ async fn requests_over_the_request_cap_are_shed_at_once_even_after_their_http2_s
             .await
             .unwrap(),
     );
-    let (mut h2, conn) =
+    let (h2, conn) =
         hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
             .await
             .unwrap();
     let conn = tokio::spawn(conn);
-    let req = http::Request::post(format!(
-        "http://passgate{}",
-        action_path(&env, "kiosk-phone")
-    ))
-    .header("authorization", format!("Bearer {}", token(&env, "alice")))
-    .body(Empty::<bytes::Bytes>::new())
-    .unwrap();
-    let stream = tokio::spawn(async move { h2.send_request(req).await.map(|r| r.status()) });
+    let mut first = h2.clone();
+    let req = action();
+    let stream = tokio::spawn(async move { first.send_request(req).await.map(|r| r.status()) });
     let deadline = Instant::now() + Duration::from_secs(15);
     while env.sandbox.recover_passcode_calls().is_empty() {
         assert!(Instant::now() < deadline, "the action never reached Graph");
@@ -253,8 +258,23 @@ async fn requests_over_the_request_cap_are_shed_at_once_even_after_their_http2_s
     stream.abort();
     assert!(stream.await.unwrap_err().is_cancelled());
 
-    // Its task still holds the only slot: the next request is shed without waiting for it.
+    // The next request on the same connection comes after the reset (HTTP/2 frames are read in
+    // order), and the reset action's task still holds the only slot: shed without waiting.
+    let mut second = h2.clone();
+    second.ready().await.unwrap();
     let started = Instant::now();
+    let resp = second.send_request(action()).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["error"]["code"], "gateway_busy");
+    assert!(
+        took < Duration::from_secs(2),
+        "answered at once, not after the action it waited behind: {took:?}"
+    );
+    // And over HTTP/1.1 on a connection of its own.
     let r = send(
         "POST",
         &action_url(&env, "kiosk-phone"),
@@ -262,19 +282,14 @@ async fn requests_over_the_request_cap_are_shed_at_once_even_after_their_http2_s
         b"",
     )
     .await;
-    let took = started.elapsed();
     assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.code(), "gateway_busy");
     assert_eq!(r.header("retry-after").as_deref(), Some("1"));
     assert!(r.header("request-id").is_some());
-    assert!(
-        took < Duration::from_secs(2),
-        "answered at once, not after the 4 s action it waited behind: {took:?}"
-    );
     assert_eq!(
         env.sandbox.recover_passcode_calls().len(),
         1,
-        "nothing of the shed request was forwarded"
+        "nothing of the shed requests was forwarded"
     );
     let decisions = decision_records(&env);
     assert_eq!(
@@ -290,7 +305,20 @@ async fn requests_over_the_request_cap_are_shed_at_once_even_after_their_http2_s
             "passgate_requests_total",
             &["route=\"-\"", "reason=\"gateway_busy\""]
         ),
-        1.0
+        2.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "passgate_shed_requests_total",
+            &["listener=\"gateway\""]
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric_value(&m, "passgate_shed_requests_total", &["listener=\"admin\""]),
+        0.0,
+        "the admin listener has a slot of its own"
     );
     assert_eq!(
         metric_value(&m, "passgate_max_requests_in_flight", &[]),
@@ -299,7 +327,7 @@ async fn requests_over_the_request_cap_are_shed_at_once_even_after_their_http2_s
     assert_eq!(metric_value(&m, "passgate_in_flight_requests", &[]), 1.0);
 
     // The reset request's action completes and is recorded; its slot is then free again.
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(20);
     let outcome = loop {
         if let Some(o) = audit_records(&env)
             .into_iter()
@@ -333,7 +361,7 @@ async fn requests_over_the_request_cap_are_shed_at_once_even_after_their_http2_s
     assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
     conn.abort();
 
-    // At shutdown the shed request is accounted for in the chain by its summary.
+    // At shutdown the shed requests are accounted for in the chain by their summary.
     let set = audit_set(&env);
     let keep = env.audit_log.clone();
     env.stop().await;
@@ -351,7 +379,7 @@ async fn requests_over_the_request_cap_are_shed_at_once_even_after_their_http2_s
     assert_eq!(s["reason"], "gateway_busy");
     assert_eq!(s["answered"], "gateway_busy");
     assert_eq!(s["status"], 503);
-    assert_eq!(s["count"], 1);
+    assert_eq!(s["count"], 2);
     assert_eq!(s["client_ip"], "127.0.0.1");
     passgate::audit::verify_set(&set, &passgate::audit::VerifyOptions::default())
         .expect("the chain with the summary verifies");

@@ -15,7 +15,8 @@
 //! - `kind` is `decision` ([`DecisionRecord`] fields), `outcome` ([`OutcomeRecord`] fields),
 //!   `approval` ([`ApprovalRecord`] fields: one step of a two-person approval),
 //!   `throttled` ([`ThrottledRecord`] fields: refusals before authentication past the client's
-//!   budget, answered 429 and counted per client and reason instead of one record each),
+//!   budget, answered 429, or requests shed at the request cap, answered 503, counted per client
+//!   and reason instead of one record each),
 //!   `recovery` ([`RecoveryRecord`] fields, written by the writer after cutting a torn tail) or
 //!   `console` ([`ConsoleRecord`] fields: one sign-in, sign-out, approve, deny or export in the
 //!   web console).

@@ -225,18 +225,20 @@ pub struct ApprovalRecord {
     pub valid_until: Option<String>,
 }
 
-/// Refusals before authentication that were answered `429 unauthenticated_throttled` without a
-/// record of their own (see [`crate::flood`]): one per client and reason per summary interval.
+/// Refusals before authentication that were answered `429 unauthenticated_throttled`, or requests
+/// shed at the request cap (`503 gateway_busy`), without a record of their own (see
+/// [`crate::flood`]): one per client and reason per summary interval.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThrottledRecord {
     /// The client address after `trusted_proxies` resolution; an IPv6 client as its `/64`;
     /// `*` for clients past the table's bound.
     pub client_ip: String,
-    /// The refusal each would have been, e.g. `token_malformed`, `route_not_found`.
+    /// The refusal each would have been, e.g. `token_malformed`, `route_not_found`; `gateway_busy`
+    /// for requests shed at the request cap.
     pub reason: String,
-    /// What each client got: 429 …
+    /// What each client got: 429 (503 for `gateway_busy`) …
     pub status: u16,
-    /// … with this code (`unauthenticated_throttled`).
+    /// … with this code (`unauthenticated_throttled`, or `gateway_busy`).
     pub answered: String,
     /// How many requests this record stands for.
     pub count: u64,

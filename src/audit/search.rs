@@ -313,6 +313,16 @@ fn matches_console(rec: &Value, f: &SearchFilter) -> bool {
     in_time(rec, f)
 }
 
+/// Who a `throttled` summary's requests came from, as the table and the console name them:
+/// shed requests were never read, so their senders may well have been operators.
+pub fn throttled_who(reason: &str) -> &'static str {
+    if reason == crate::error::Reason::GatewayBusy.as_str() {
+        "shed, from"
+    } else {
+        "unauthenticated"
+    }
+}
+
 /// A `throttled` summary matches filters that do not name an operator or a device (it has
 /// neither): by decision `deny`, by the reason its requests would have had or by
 /// `unauthenticated_throttled`, and by time (its first request).
@@ -621,7 +631,7 @@ fn render_table(result: &SearchResult, out: &mut dyn Write) -> io::Result<()> {
             // A summary names its client and how many requests it stands for.
             let (operator, reason) = if r.kind == "throttled" {
                 (
-                    format!("(unauthenticated {})", r.client_ip),
+                    format!("({} {})", throttled_who(&r.reason), r.client_ip),
                     format!("{} x{} (throttled)", r.reason, r.count),
                 )
             } else {

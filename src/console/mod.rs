@@ -169,6 +169,14 @@ impl server::App for Console {
         let gw = self.0.get();
         Box::pin(async move { handle(gw, req, conn).await })
     }
+
+    fn shed(&self, _req: server::Request, _conn: ConnInfo) -> server::Reply {
+        self.0
+            .get()
+            .metrics
+            .count_shed(crate::telemetry::Listener::Console);
+        server::busy_reply()
+    }
 }
 
 /// One request's context.

@@ -699,7 +699,11 @@ fn audit_row(h: &crate::audit::Hit) -> String {
         "throttled" => (
             badge("deny"),
             esc(&format!("{} ×{} (throttled)", s(r, "reason"), r["count"])),
-            esc(&format!("unauthenticated {}", s(r, "client_ip"))),
+            esc(&format!(
+                "{} {}",
+                crate::audit::search::throttled_who(s(r, "reason")),
+                s(r, "client_ip")
+            )),
             cell(""),
             esc(&r["status"].to_string()),
         ),

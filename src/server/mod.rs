@@ -43,8 +43,9 @@ pub trait App: Send + Sync + 'static {
     }
 }
 
-/// `503 gateway_busy` in Graph's error shape with `Retry-After: 1`, for listeners that keep no
-/// record of shed requests (the admin listener).
+/// `503 gateway_busy` in Graph's error shape with `Retry-After: 1` and a `request-id`, for
+/// listeners that keep no record of shed requests (the admin and console listeners count them
+/// in `passgate_shed_requests_total` only).
 pub fn busy_reply() -> Reply {
     let request_id = uuid::Uuid::new_v4().to_string();
     let reason = crate::error::Reason::GatewayBusy;
@@ -63,6 +64,9 @@ pub fn busy_reply() -> Reply {
         http::HeaderValue::from_static("application/json"),
     );
     h.insert(http::header::RETRY_AFTER, http::HeaderValue::from(1u32));
+    if let Ok(v) = http::HeaderValue::from_str(&request_id) {
+        h.insert(crate::headers::REQUEST_ID, v);
+    }
     r
 }
 
