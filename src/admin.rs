@@ -192,11 +192,7 @@ impl server::App for Admin {
     }
 
     fn shed(&self, _req: server::Request, _conn: ConnInfo) -> server::Reply {
-        self.0
-            .get()
-            .metrics
-            .count_shed(crate::telemetry::Listener::Admin);
-        server::busy_reply()
+        self.0.shed_unrecorded(crate::telemetry::Listener::Admin)
     }
 }
 

@@ -715,7 +715,7 @@ impl Gateway {
         let resp = answer::error(
             &inbound,
             Reason::GatewayBusy,
-            "passgate is serving as many requests as it is configured to; nothing was done, retry in 1 s",
+            crate::server::BUSY_MESSAGE,
             headers,
         );
         self.record_metrics(

@@ -389,6 +389,15 @@ impl server::App for Live {
     }
 }
 
+impl Live {
+    /// The shed answer of a listener that keeps no per-request records (admin, console): counted
+    /// under its name, then the plain `503 gateway_busy`.
+    pub(crate) fn shed_unrecorded(&self, listener: crate::telemetry::Listener) -> server::Reply {
+        self.get().metrics.count_shed(listener);
+        server::busy_reply()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
     #[error("{0}")]

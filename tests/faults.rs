@@ -29,17 +29,6 @@ async fn start_cfg(graph_extra: &str, auth_extra: &str) -> DevEnv {
     start_with(Some(config(graph_extra, auth_extra))).await
 }
 
-/// alice (approved) on kiosk-phone (allowed): the call that should succeed.
-async fn alice(env: &DevEnv) -> Resp {
-    send(
-        "POST",
-        &action_url(env, "kiosk-phone"),
-        &[bearer(&token(env, "alice"))],
-        b"",
-    )
-    .await
-}
-
 /// The gateway survived the fault: a healthy request is forwarded and answered 204.
 async fn still_healthy(env: &DevEnv) {
     let before = env.sandbox.recover_passcode_calls().len();
@@ -267,20 +256,12 @@ async fn operator_hanging_up_mid_forward_still_gets_an_outcome_record() {
     assert_eq!(env.sandbox.recover_passcode_calls().len(), 1);
     assert_eq!(last_decision(&env)["decision"], "allow");
     // Graph acted; its answer must still be recorded. Wait for the record, bounded.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let outcome = loop {
-        let found = audit_records(&env)
-            .into_iter()
-            .find(|r| r["kind"] == "outcome");
-        if let Some(o) = found {
-            break o;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no outcome record for a forwarded action whose operator hung up"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let outcome = first_record_of_kind(
+        &env,
+        "outcome",
+        "no outcome record for a forwarded action whose operator hung up",
+    )
+    .await;
     assert_eq!(outcome["status"], 204);
     assert_eq!(outcome["request_id"], last_decision(&env)["request_id"]);
     assert_eq!(env.sandbox.recover_passcode_calls().len(), 1, "not retried");

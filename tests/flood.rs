@@ -110,25 +110,14 @@ async fn a_flood_before_authentication_is_throttled_and_summarised_while_operato
     );
     assert!(!audit_records(&env).iter().any(|r| r["kind"] == "throttled"));
 
-    let set = audit_set(&env);
-    let keep = env.audit_log.clone();
-    env.stop().await;
-    let records: Vec<Value> = std::fs::read_to_string(&keep)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let summaries: Vec<&Value> = records
-        .iter()
-        .filter(|r| r["kind"] == "throttled")
-        .collect();
+    let (set, records, summaries) = stop_and_read_summaries(env).await;
     assert_eq!(
         summaries.len(),
         2,
         "one per (client, reason): {summaries:?}"
     );
     let of = |reason: &str| {
-        *summaries
+        summaries
             .iter()
             .find(|s| s["reason"] == reason)
             .unwrap_or_else(|| panic!("a summary for {reason}"))
@@ -275,13 +264,7 @@ async fn requests_over_the_request_cap_are_shed_at_once_even_after_their_http2_s
         "answered at once, not after the action it waited behind: {took:?}"
     );
     // And over HTTP/1.1 on a connection of its own.
-    let r = send(
-        "POST",
-        &action_url(&env, "kiosk-phone"),
-        &[bearer(&token(&env, "alice"))],
-        b"",
-    )
-    .await;
+    let r = alice(&env).await;
     assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.code(), "gateway_busy");
     assert_eq!(r.header("retry-after").as_deref(), Some("1"));
@@ -327,20 +310,12 @@ async fn requests_over_the_request_cap_are_shed_at_once_even_after_their_http2_s
     assert_eq!(metric_value(&m, "passgate_in_flight_requests", &[]), 1.0);
 
     // The reset request's action completes and is recorded; its slot is then free again.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let outcome = loop {
-        if let Some(o) = audit_records(&env)
-            .into_iter()
-            .find(|r| r["kind"] == "outcome")
-        {
-            break o;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no outcome record for the reset request's action"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let outcome = first_record_of_kind(
+        &env,
+        "outcome",
+        "no outcome record for the reset request's action",
+    )
+    .await;
     assert_eq!(outcome["status"], 204);
     env.sandbox.set_fault(passgate::sandbox::Fault::None);
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -351,31 +326,14 @@ async fn requests_over_the_request_cap_are_shed_at_once_even_after_their_http2_s
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let r = send(
-        "POST",
-        &action_url(&env, "kiosk-phone"),
-        &[bearer(&token(&env, "alice"))],
-        b"",
-    )
-    .await;
+    let r = alice(&env).await;
     assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
     conn.abort();
 
     // At shutdown the shed requests are accounted for in the chain by their summary.
-    let set = audit_set(&env);
-    let keep = env.audit_log.clone();
-    env.stop().await;
-    let records: Vec<Value> = std::fs::read_to_string(&keep)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let summaries: Vec<&Value> = records
-        .iter()
-        .filter(|r| r["kind"] == "throttled")
-        .collect();
+    let (set, _, summaries) = stop_and_read_summaries(env).await;
     assert_eq!(summaries.len(), 1, "{summaries:?}");
-    let s = summaries[0];
+    let s = &summaries[0];
     assert_eq!(s["reason"], "gateway_busy");
     assert_eq!(s["answered"], "gateway_busy");
     assert_eq!(s["status"], 503);

@@ -171,11 +171,7 @@ impl server::App for Console {
     }
 
     fn shed(&self, _req: server::Request, _conn: ConnInfo) -> server::Reply {
-        self.0
-            .get()
-            .metrics
-            .count_shed(crate::telemetry::Listener::Console);
-        server::busy_reply()
+        self.0.shed_unrecorded(crate::telemetry::Listener::Console)
     }
 }
 

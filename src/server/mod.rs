@@ -43,6 +43,10 @@ pub trait App: Send + Sync + 'static {
     }
 }
 
+/// What a request shed at the request cap is told, on every listener.
+pub const BUSY_MESSAGE: &str =
+    "passgate is serving as many requests as it is configured to; nothing was done, retry in 1 s";
+
 /// `503 gateway_busy` in Graph's error shape with `Retry-After: 1` and a `request-id`, for
 /// listeners that keep no record of shed requests (the admin and console listeners count them
 /// in `passgate_shed_requests_total` only).
@@ -51,7 +55,7 @@ pub fn busy_reply() -> Reply {
     let reason = crate::error::Reason::GatewayBusy;
     let body = crate::error::graph_error_json(
         reason.as_str(),
-        "passgate is serving as many requests as it is configured to; nothing was done, retry in 1 s",
+        BUSY_MESSAGE,
         &request_id,
         &request_id,
         chrono::Utc::now(),

@@ -408,3 +408,51 @@ pub fn webhook_receiver() -> (String, std::sync::mpsc::Receiver<serde_json::Valu
     });
     (url, rx)
 }
+
+/// alice (approved) on kiosk-phone (allowed), over HTTP/1.1: the call that should succeed.
+pub async fn alice(env: &DevEnv) -> Resp {
+    send(
+        "POST",
+        &action_url(env, "kiosk-phone"),
+        &[bearer(&token(env, "alice"))],
+        b"",
+    )
+    .await
+}
+
+/// The first audit record of `kind`, waited for (bounded: panics with `why` after 20 s).
+pub async fn first_record_of_kind(env: &DevEnv, kind: &str, why: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(r) = audit_records(env).into_iter().find(|r| r["kind"] == kind) {
+            return r;
+        }
+        assert!(std::time::Instant::now() < deadline, "{why}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Stops the gateway (which writes pending `throttled` summaries) and returns the audit file
+/// set, every record of the current file, and the `throttled` ones among them.
+pub async fn stop_and_read_summaries(
+    env: DevEnv,
+) -> (
+    Vec<std::path::PathBuf>,
+    Vec<serde_json::Value>,
+    Vec<serde_json::Value>,
+) {
+    let set = audit_set(&env);
+    let keep = env.audit_log.clone();
+    env.stop().await;
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&keep)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let summaries = records
+        .iter()
+        .filter(|r| r["kind"] == "throttled")
+        .cloned()
+        .collect();
+    (set, records, summaries)
+}
